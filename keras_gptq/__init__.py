@@ -1,0 +1,1 @@
+"""keras_gptq: GPTQ post-training weight quantization for Keras 3 and KerasHub."""
