@@ -1,0 +1,274 @@
+"""`GPTQConfig`: every knob of a keras_gptq run, validated at construction.
+
+The first arguments mirror `keras.quantizers.GPTQConfig` one for one (same
+names, same meaning, same defaults), so code written for Keras's own GPTQ
+mode runs unchanged; the rest are the reference implementation's knobs that
+Keras does not expose.
+"""
+
+import numbers
+
+import keras
+
+_SUPPORTED_BITS = (2, 3, 4, 8)
+
+
+def _check_int(name, value, minimum=None, allowed=None, fix=""):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"`{name}` must be an integer, but received {value!r} "
+            f"(type {type(value).__name__}). {fix}".rstrip()
+        )
+    if allowed is not None and value not in allowed:
+        raise ValueError(
+            f"`{name}` must be one of {list(allowed)}, but received "
+            f"{value!r}. {fix}".rstrip()
+        )
+    if minimum is not None and value < minimum:
+        raise ValueError(
+            f"`{name}` must be >= {minimum}, but received {value!r}. "
+            f"{fix}".rstrip()
+        )
+    return int(value)
+
+
+def _check_bool(name, value):
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"`{name}` must be True or False, but received {value!r} "
+            f"(type {type(value).__name__})."
+        )
+    return value
+
+
+def _check_fraction(name, value, low, high, fix=""):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"`{name}` must be a number, but received {value!r} "
+            f"(type {type(value).__name__})."
+        )
+    if not low <= float(value) <= high:
+        raise ValueError(
+            f"`{name}` must be between {low} and {high}, but received "
+            f"{value!r}. {fix}".rstrip()
+        )
+    return float(value)
+
+
+def _check_structure(structure):
+    if structure is None:
+        return None
+    if not isinstance(structure, dict) or "sequential_blocks" not in structure:
+        raise ValueError(
+            "`quantization_layer_structure` must be a dict with the key "
+            "'sequential_blocks' (a list of the model's transformer blocks, "
+            "in order) and optionally 'pre_block_layers', but received "
+            f"{structure!r}. Example: {{'pre_block_layers': "
+            "[backbone.token_embedding], 'sequential_blocks': "
+            "backbone.transformer_layers}."
+        )
+    blocks = structure["sequential_blocks"]
+    if not isinstance(blocks, (list, tuple)) or not blocks:
+        raise ValueError(
+            "`quantization_layer_structure['sequential_blocks']` must be a "
+            f"non-empty list of layers, but received {blocks!r}."
+        )
+    return structure
+
+
+@keras.saving.register_keras_serializable(package="keras_gptq")
+class GPTQConfig:
+    """Configuration of a keras_gptq GPTQ run.
+
+    Pass it to `keras_gptq.quantize(model, config)` or, equivalently, to
+    `model.quantize("gptq", config=config)` once `keras_gptq` is imported.
+
+    Args:
+        dataset: calibration data: a list of strings, any iterable of strings
+            (e.g. a `datasets` column), the path of a UTF-8 text file, or
+            integer token ids (a 1-D or 2-D array, or a list of id lists).
+        tokenizer: a KerasHub tokenizer or any callable mapping a string to
+            token ids. Required when `dataset` holds text.
+        weight_bits: bits per weight: 2, 3, 4 or 8.
+        num_samples: number of calibration windows.
+        per_channel: accepted for compatibility with
+            `keras.quantizers.GPTQConfig`; it has no effect there either
+            (`group_size=-1` selects per-channel quantization).
+        sequence_length: tokens per calibration window.
+        hessian_damping: damping added to the Hessian diagonal, as a fraction
+            of its mean diagonal (the reference's `percdamp`).
+        group_size: input columns sharing one scale and zero point; -1 for
+            one scale per output channel.
+        symmetric: symmetric grid (zero point fixed at the middle).
+        activation_order: quantize columns in order of decreasing Hessian
+            diagonal ("act-order", `desc_act`).
+        quantization_layer_structure: optional dict with
+            'sequential_blocks' (and optionally 'pre_block_layers'); by
+            default the model's `get_quantization_layer_structure("gptq")`.
+        static_groups: with act-order, compute every group's scale and zero
+            from the original weights before the solve, so groups stay
+            contiguous in the stored layout.
+        true_sequential: inside a block, quantize layers group by group in
+            execution order, recapturing inputs after each group.
+        mse: search shrunken ranges for the grid that minimises the
+            weights' quantization error (reference `--mse`).
+        block_size: columns per lazy batch update of the solver.
+        calibration_batch_size: windows per forward pass during calibration.
+        damping_auto_increase: step by which damping is raised while the
+            damped Hessian is not positive definite (0 disables the retry:
+            the run stops with an error instead).
+        seed: seed for choosing the calibration windows.
+
+    Raises:
+        TypeError, ValueError: for any argument outside its domain; the
+            message names the argument, the value received and the fix.
+
+    Example:
+
+    ```python
+    config = keras_gptq.GPTQConfig(dataset=texts, tokenizer=tok,
+                                   weight_bits=4, group_size=128)
+    model.quantize("gptq", config=config)
+    ```
+    """
+
+    def __init__(
+        self,
+        dataset,
+        tokenizer=None,
+        *,
+        weight_bits=4,
+        num_samples=128,
+        per_channel=True,
+        sequence_length=512,
+        hessian_damping=0.01,
+        group_size=128,
+        symmetric=False,
+        activation_order=False,
+        quantization_layer_structure=None,
+        static_groups=False,
+        true_sequential=False,
+        mse=False,
+        block_size=128,
+        calibration_batch_size=8,
+        damping_auto_increase=0.01,
+        seed=0,
+    ):
+        self.dataset = dataset
+        self.tokenizer = tokenizer
+        self.weight_bits = _check_int(
+            "weight_bits", weight_bits, allowed=_SUPPORTED_BITS
+        )
+        self.num_samples = _check_int(
+            "num_samples", num_samples, minimum=1,
+            fix="Use at least one calibration window (128 is typical).",
+        )
+        self.per_channel = _check_bool("per_channel", per_channel)
+        self.sequence_length = _check_int(
+            "sequence_length", sequence_length, minimum=2,
+            fix="Windows need at least 2 tokens (512 is typical).",
+        )
+        self.hessian_damping = _check_fraction(
+            "hessian_damping", hessian_damping, 0.0, 1.0,
+            fix="Typical values are 0.01 to 0.1.",
+        )
+        self.group_size = _check_int("group_size", group_size, minimum=-1)
+        if self.group_size == 0:
+            raise ValueError(
+                "`group_size` must be -1 (one group per output channel) or a "
+                "positive integer such as 128, but received 0."
+            )
+        self.symmetric = _check_bool("symmetric", symmetric)
+        self.activation_order = _check_bool(
+            "activation_order", activation_order
+        )
+        self.quantization_layer_structure = _check_structure(
+            quantization_layer_structure
+        )
+        self.static_groups = _check_bool("static_groups", static_groups)
+        self.true_sequential = _check_bool("true_sequential", true_sequential)
+        self.mse = _check_bool("mse", mse)
+        self.block_size = _check_int(
+            "block_size", block_size, minimum=1,
+            fix="128 is the reference's value.",
+        )
+        self.calibration_batch_size = _check_int(
+            "calibration_batch_size", calibration_batch_size, minimum=1,
+            fix="Lower it if calibration runs out of memory.",
+        )
+        self.damping_auto_increase = _check_fraction(
+            "damping_auto_increase", damping_auto_increase, 0.0, 1.0,
+            fix="Use 0 to disable the retry, or a step such as 0.01.",
+        )
+        self.seed = _check_int("seed", seed, minimum=0)
+        if dataset is None:
+            raise ValueError(
+                "`dataset` is required: pass a list of strings, a text file "
+                "path, or integer token ids for calibration."
+            )
+
+    @property
+    def mode(self):
+        """The quantization mode this config applies: always `"gptq"`."""
+        return "gptq"
+
+    def dtype_policy_string(self):
+        """Returns the Keras dtype-policy mode string, e.g. `"gptq/4/128"`."""
+        return f"gptq/{self.weight_bits}/{self.group_size}"
+
+    def get_config(self):
+        """Returns the arguments as a JSON-friendly dict.
+
+        `dataset`, `tokenizer` and `quantization_layer_structure` are
+        calibration-time objects and are stored as `None`, as Keras does.
+        """
+        return {
+            "dataset": None,
+            "tokenizer": None,
+            "weight_bits": self.weight_bits,
+            "num_samples": self.num_samples,
+            "per_channel": self.per_channel,
+            "sequence_length": self.sequence_length,
+            "hessian_damping": self.hessian_damping,
+            "group_size": self.group_size,
+            "symmetric": self.symmetric,
+            "activation_order": self.activation_order,
+            "quantization_layer_structure": None,
+            "static_groups": self.static_groups,
+            "true_sequential": self.true_sequential,
+            "mse": self.mse,
+            "block_size": self.block_size,
+            "calibration_batch_size": self.calibration_batch_size,
+            "damping_auto_increase": self.damping_auto_increase,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config, dataset=None, tokenizer=None):
+        """Rebuilds a config from `get_config()` output.
+
+        Args:
+            config: dict from `get_config()`.
+            dataset, tokenizer: calibration objects to attach (not
+                serialized); `dataset` is required to run a quantization.
+
+        Returns:
+            A `GPTQConfig`.
+        """
+        config = dict(config)
+        config["dataset"] = dataset if dataset is not None else config.get(
+            "dataset"
+        )
+        config["tokenizer"] = tokenizer if tokenizer is not None else (
+            config.get("tokenizer")
+        )
+        if config["dataset"] is None:
+            config["dataset"] = []  # placeholder: validated when used
+        return cls(**config)
+
+    def __repr__(self):
+        items = ", ".join(
+            f"{k}={v!r}" for k, v in self.get_config().items()
+            if k not in ("dataset", "tokenizer", "quantization_layer_structure")
+        )
+        return f"GPTQConfig({items})"

@@ -1,0 +1,302 @@
+"""Packed GPTQ weights inside Keras's Dense and EinsumDense layers.
+
+Storage (per layer, under the names Keras's own GPTQ layers use):
+
+- `quantized_kernel`: uint8 `[out, ceil(in / 8) * bits]`: the levels of
+  `W[out, in]` packed along the input axis, 8 levels in `bits` bytes, low
+  bits first (2- and 4-bit are 4 and 2 levels a byte; 3-bit straddles
+  bytes; 8-bit is one byte a level).
+- `kernel_scale`: float32 `[out, groups]`; `kernel_zero`: uint8
+  `[out, groups]`; `g_idx`: int32 `[in]`, the group of each input column.
+- `bias`: unchanged.
+
+`W[o, i] = (level[o, i] - zero[o, g_idx[i]]) * scale[o, g_idx[i]]`, mapped to
+the kernel by the layer's `MatrixLayout` (read from its equation).
+
+A quantized layer carries a `PackedGPTQPolicy` (a `GPTQDTypePolicy`
+registered as `keras_gptq>PackedGPTQPolicy`). Importing keras_gptq installs
+one seam on `Dense` and `EinsumDense`: `_gptq_build`, `_gptq_call`,
+`save_own_variables` and `kernel` use this layout when, and only when, the
+layer's policy is a `PackedGPTQPolicy`; layers quantized by Keras's own GPTQ
+keep Keras's behaviour. Presets therefore need `import keras_gptq` to load.
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_gptq import layout as layout_lib
+
+LAYOUT_VERSION = 1
+
+
+def packed_width(columns, bits):
+    """Bytes per row for `columns` levels of `bits` bits."""
+    return math.ceil(columns / 8) * bits
+
+
+def pack(levels, bits):
+    """Packs integer levels along the last axis.
+
+    Args:
+        levels: `[rows, columns]` integers in `[0, 2**bits - 1]`.
+        bits: 2, 3, 4 or 8.
+
+    Returns:
+        uint8 `[rows, packed_width(columns, bits)]`.
+    """
+    levels = np.asarray(levels, dtype=np.uint64)
+    rows, columns = levels.shape
+    padded = math.ceil(columns / 8) * 8
+    levels = np.pad(levels, ((0, 0), (0, padded - columns)))
+    groups = levels.reshape(rows, padded // 8, 8)
+    shifts = np.arange(8, dtype=np.uint64) * np.uint64(bits)
+    words = np.bitwise_or.reduce(groups << shifts, axis=-1)
+    byte_shifts = np.arange(bits, dtype=np.uint64) * np.uint64(8)
+    out = (words[..., None] >> byte_shifts) & np.uint64(0xFF)
+    return out.reshape(rows, -1).astype(np.uint8)
+
+
+def unpack(packed, bits, columns, xp=np):
+    """Inverse of `pack`; `xp` is `np` or `keras.ops` (backend tensors).
+
+    Args:
+        packed: uint8 `[rows, packed_width(columns, bits)]`.
+        bits: 2, 3, 4 or 8.
+        columns: the number of levels per row to return.
+
+    Returns:
+        int32 `[rows, columns]` levels.
+    """
+    cast = (lambda t: xp.cast(t, "int32")) if xp is ops else (
+        lambda t: t.astype(np.int32))
+    if bits == 8:
+        return cast(packed)[:, :columns]
+    rows = packed.shape[0]
+    groups = xp.reshape(cast(packed), (rows, -1, bits))
+    mask = (1 << bits) - 1
+    values = []
+    for k in range(8):
+        byte, offset = divmod(bits * k, 8)
+        v = xp.right_shift(groups[:, :, byte], offset) if xp is ops else (
+            groups[:, :, byte] >> offset)
+        if offset + bits > 8:
+            nxt = groups[:, :, byte + 1]
+            v = xp.bitwise_or(v, xp.left_shift(nxt, 8 - offset)) if (
+                xp is ops) else (v | (nxt << (8 - offset)))
+        values.append(xp.bitwise_and(v, mask) if xp is ops else v & mask)
+    levels = xp.reshape(xp.stack(values, axis=-1), (rows, -1))
+    return levels[:, :columns]
+
+
+@keras.saving.register_keras_serializable(package="keras_gptq")
+class PackedGPTQPolicy(keras.dtype_policies.GPTQDTypePolicy):
+    """Dtype policy of a layer holding keras_gptq's packed GPTQ weights.
+
+    Args:
+        mode: `"gptq/<bits>/<group_size>"`, as for `GPTQDTypePolicy`.
+        source_name: the float policy the layer had, e.g. `"float32"`.
+        layout_version: version of the storage layout (currently 1).
+    """
+
+    def __init__(self, mode, source_name=None, layout_version=LAYOUT_VERSION):
+        super().__init__(mode, source_name=source_name)
+        if layout_version != LAYOUT_VERSION:
+            raise ValueError(
+                f"This preset uses keras_gptq storage layout "
+                f"{layout_version}, but this keras_gptq reads layout "
+                f"{LAYOUT_VERSION}. Install the keras_gptq version that "
+                "wrote the preset."
+            )
+        self.layout_version = layout_version
+
+    def get_config(self):
+        """Returns the policy config, with the layout version."""
+        config = super().get_config()
+        config["layout_version"] = self.layout_version
+        return config
+
+
+def is_packed(layer):
+    """True when `layer` holds keras_gptq packed weights."""
+    return isinstance(getattr(layer, "_dtype_policy", None), PackedGPTQPolicy)
+
+
+def _policy(layer):
+    policy = layer.dtype_policy
+    if not isinstance(policy, PackedGPTQPolicy):
+        raise TypeError(f"{layer.name} has no PackedGPTQPolicy: {policy}")
+    return policy
+
+
+def _build_packed(layer, kernel_shape):
+    """Creates the packed variables of `layer` (its policy says the bits)."""
+    policy = _policy(layer)
+    lay = layout_lib.layer_layout(layer, kernel_shape)
+    layer._gptq_layout = lay
+    size = lay.columns if policy.group_size == -1 else policy.group_size
+    groups = math.ceil(lay.columns / size)
+    layer.is_gptq_calibrated = True
+    layer.quantized_kernel = layer.add_weight(
+        name="kernel", shape=(lay.rows, packed_width(lay.columns,
+                                                     policy.weight_bits)),
+        initializer="zeros", dtype="uint8", trainable=False)
+    layer.kernel_scale = layer.add_weight(
+        name="kernel_scale", shape=(lay.rows, groups), initializer="ones",
+        dtype="float32", trainable=False)
+    layer.kernel_zero = layer.add_weight(
+        name="kernel_zero", shape=(lay.rows, groups), initializer="zeros",
+        dtype="uint8", trainable=False)
+    layer.g_idx = layer.add_weight(
+        name="g_idx", shape=(lay.columns,), initializer="zeros",
+        dtype="int32", trainable=False)
+
+
+def dequantized_matrix(layer):
+    """Returns the layer's `W[out, in]` as a float32 backend tensor."""
+    policy = _policy(layer)
+    lay = layer._gptq_layout
+    levels = unpack(layer.quantized_kernel.value, policy.weight_bits,
+                    lay.columns, xp=ops)
+    g_idx = ops.cast(layer.g_idx.value, "int32")
+    scale = ops.take(layer.kernel_scale.value, g_idx, axis=1)
+    zero = ops.cast(ops.take(layer.kernel_zero.value, g_idx, axis=1),
+                    "float32")
+    return (ops.cast(levels, "float32") - zero) * scale
+
+
+def dequantized_kernel(layer):
+    """Returns the layer's float kernel (compute dtype), rebuilt from levels."""
+    kernel = layer._gptq_layout.matrix_to_kernel(
+        dequantized_matrix(layer), xp=ops)
+    return ops.cast(kernel, layer.compute_dtype)
+
+
+def _packed_call(layer, inputs):
+    kernel = dequantized_kernel(layer)
+    if isinstance(layer, keras.layers.EinsumDense):
+        y = ops.einsum(layer.equation, inputs, kernel)
+    else:
+        y = ops.matmul(inputs, kernel)
+    if layer.bias is not None:
+        y = ops.add(y, layer.bias)
+    if layer.activation is not None:
+        y = layer.activation(y)
+    return y
+
+
+_SAVE_ORDER = ("bias", "quantized_kernel", "kernel_scale", "kernel_zero",
+               "g_idx")
+
+
+def _packed_save(layer, store):
+    idx = 0
+    for name in _SAVE_ORDER:
+        if name == "bias" and layer.bias is None:
+            continue
+        store[str(idx)] = getattr(layer, name)
+        idx += 1
+
+
+def write_packed(layer, result, bits, group_size):
+    """Turns a float Dense/EinsumDense into a packed GPTQ layer, in place.
+
+    Args:
+        layer: a built, unquantized Dense or EinsumDense.
+        result: a `solver.SolverResult` for the layer's `W[out, in]`.
+        bits, group_size: the settings `result` was solved with.
+
+    Returns:
+        An undo token for `restore_float`.
+    """
+    kernel_shape = tuple(layer._kernel.shape)
+    old_policy, old_kernel = layer._dtype_policy, layer._kernel
+    layer._tracker.unlock()
+    try:
+        layer._dtype_policy = PackedGPTQPolicy(
+            f"gptq/{bits}/{group_size}", source_name=old_policy.name)
+        _build_packed(layer, kernel_shape)
+        layer.quantized_kernel.assign(pack(result.q, bits))
+        layer.kernel_scale.assign(result.scale)
+        layer.kernel_zero.assign(result.zero)
+        layer.g_idx.assign(result.g_idx)
+        layer._is_quantized = True
+        del layer._kernel
+    except BaseException:
+        layer._tracker.lock()
+        restore_float(layer, (old_policy, old_kernel))
+        raise
+    layer._tracker.lock()
+    _retrack(layer)
+    return old_policy, old_kernel
+
+
+def restore_float(layer, token):
+    """Undoes `write_packed`: the layer gets its float kernel and policy back.
+
+    Args:
+        layer: a layer passed to `write_packed`.
+        token: the value `write_packed` returned for it.
+    """
+    old_policy, old_kernel = token
+    layer._tracker.unlock()
+    for name in ("quantized_kernel", "kernel_scale", "kernel_zero", "g_idx"):
+        if name in layer.__dict__ or hasattr(layer, name):
+            try:
+                delattr(layer, name)
+            except AttributeError:
+                pass
+    if getattr(layer, "_kernel", None) is not old_kernel:
+        layer._kernel = old_kernel
+    layer._dtype_policy = old_policy
+    layer._is_quantized = False
+    layer.is_gptq_calibrated = False
+    layer._tracker.lock()
+    _retrack(layer)
+
+
+def _retrack(layer):
+    if keras.config.backend() == "torch":
+        layer._track_variables()
+
+
+def _install_seam():
+    """Routes the four GPTQ hooks of Dense/EinsumDense for packed layers."""
+    for cls in (keras.layers.Dense, keras.layers.EinsumDense):
+        if getattr(cls, "_keras_gptq_seam", False):
+            continue
+        build, call, save = cls._gptq_build, cls._gptq_call, (
+            cls.save_own_variables)
+        kernel = cls.kernel
+
+        def _gptq_build(self, kernel_shape, config, _orig=build):
+            if is_packed(self):
+                return _build_packed(self, tuple(kernel_shape))
+            return _orig(self, kernel_shape, config)
+
+        def _gptq_call(self, inputs, training=False, _orig=call):
+            if is_packed(self):
+                return _packed_call(self, inputs)
+            return _orig(self, inputs, training=training)
+
+        def save_own_variables(self, store, _orig=save):
+            if is_packed(self) and self.built:
+                return _packed_save(self, store)
+            return _orig(self, store)
+
+        def _kernel_getter(self, _orig=kernel.fget):
+            if is_packed(self) and self.built:
+                return dequantized_kernel(self)
+            return _orig(self)
+
+        cls._gptq_build = _gptq_build
+        cls._gptq_call = _gptq_call
+        cls.save_own_variables = save_own_variables
+        cls.kernel = property(_kernel_getter, kernel.fset, kernel.fdel,
+                              kernel.__doc__)
+        cls._keras_gptq_seam = True
+
+
+_install_seam()
