@@ -1,1 +1,18 @@
-"""keras_gptq: GPTQ post-training weight quantization for Keras 3 and KerasHub."""
+"""keras_gptq: GPTQ post-training weight quantization for Keras 3 and KerasHub.
+
+Public API:
+    GPTQConfig: every setting of a run, validated.
+    quantize(model, config, filters=None): quantize in place; returns a report.
+
+Importing this package also routes `model.quantize("gptq", config=...)` with
+a `keras_gptq.GPTQConfig` to `quantize`, and registers the storage that lets
+`from_preset` reload keras_gptq presets (see `keras_gptq.storage`).
+"""
+
+from keras_gptq import integration as _integration  # noqa: F401
+from keras_gptq import storage as _storage  # noqa: F401
+from keras_gptq.config import GPTQConfig
+from keras_gptq.pipeline import quantize
+
+__all__ = ["GPTQConfig", "quantize"]
+__version__ = "0.1.0"

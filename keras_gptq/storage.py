@@ -119,13 +119,32 @@ class PackedGPTQPolicy(keras.dtype_policies.GPTQDTypePolicy):
         return config
 
 
+def layer_policy(layer):
+    """Returns the layer's own dtype policy, looked up in a policy map."""
+    policy = getattr(layer, "_dtype_policy", None)
+    if isinstance(policy, keras.dtype_policies.DTypePolicyMap) and layer.path:
+        policy = policy[layer.path]
+    return policy
+
+
+def _set_policy(layer, policy):
+    """Sets the layer's own policy, inside its policy map if it has one."""
+    current = layer._dtype_policy
+    if isinstance(current, keras.dtype_policies.DTypePolicyMap) and layer.path:
+        if layer.path in current:
+            del current[layer.path]
+        current[layer.path] = policy
+    else:
+        layer._dtype_policy = policy
+
+
 def is_packed(layer):
     """True when `layer` holds keras_gptq packed weights."""
-    return isinstance(getattr(layer, "_dtype_policy", None), PackedGPTQPolicy)
+    return isinstance(layer_policy(layer), PackedGPTQPolicy)
 
 
 def _policy(layer):
-    policy = layer.dtype_policy
+    policy = layer_policy(layer)
     if not isinstance(policy, PackedGPTQPolicy):
         raise TypeError(f"{layer.name} has no PackedGPTQPolicy: {policy}")
     return policy
@@ -212,11 +231,11 @@ def write_packed(layer, result, bits, group_size):
         An undo token for `restore_float`.
     """
     kernel_shape = tuple(layer._kernel.shape)
-    old_policy, old_kernel = layer._dtype_policy, layer._kernel
+    old_policy, old_kernel = layer_policy(layer), layer._kernel
     layer._tracker.unlock()
     try:
-        layer._dtype_policy = PackedGPTQPolicy(
-            f"gptq/{bits}/{group_size}", source_name=old_policy.name)
+        _set_policy(layer, PackedGPTQPolicy(
+            f"gptq/{bits}/{group_size}", source_name=old_policy.name))
         _build_packed(layer, kernel_shape)
         layer.quantized_kernel.assign(pack(result.q, bits))
         layer.kernel_scale.assign(result.scale)
@@ -250,7 +269,7 @@ def restore_float(layer, token):
                 pass
     if getattr(layer, "_kernel", None) is not old_kernel:
         layer._kernel = old_kernel
-    layer._dtype_policy = old_policy
+    _set_policy(layer, old_policy)
     layer._is_quantized = False
     layer.is_gptq_calibrated = False
     layer._tracker.lock()

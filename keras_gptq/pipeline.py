@@ -1,0 +1,268 @@
+"""The block-by-block driver: calibration → capture → Hessian → solve → store.
+
+`quantize(model, config)` walks the blocks in order. For each block it
+captures its target layers' inputs, accumulates their Hessians, solves each
+layer, puts the dequantized weights in place, and runs the *quantized* block
+to produce the next block's inputs. Only when every block is done are the
+layers converted to packed storage; if anything fails or is interrupted on
+the way, every weight is put back and the model is left as it was.
+"""
+
+import re
+import time
+import warnings
+
+import keras
+import numpy as np
+
+from keras_gptq import calibration
+from keras_gptq import capture
+from keras_gptq import layout as layout_lib
+from keras_gptq import report as report_lib
+from keras_gptq import solver
+from keras_gptq import storage
+from keras_gptq.config import GPTQConfig
+
+
+def _matches(layer, filters):
+    if filters is None:
+        return True
+    if callable(filters) and not isinstance(filters, str):
+        return bool(filters(layer))
+    patterns = [filters] if isinstance(filters, str) else list(filters)
+    names = (layer.name, getattr(layer, "path", layer.name) or layer.name)
+    return any(re.search(p, n) for p in patterns for n in names)
+
+
+def _check_filters(filters):
+    if filters is None or callable(filters) and not isinstance(filters, str):
+        return
+    patterns = [filters] if isinstance(filters, str) else filters
+    if not isinstance(patterns, (list, tuple)) or not all(
+        isinstance(p, str) for p in patterns
+    ):
+        raise ValueError(
+            "`filters` must be a regex string, a list of regex strings, or "
+            f"a callable taking a layer, but received {filters!r}."
+        )
+    for p in patterns:
+        try:
+            re.compile(p)
+        except re.error as e:
+            raise ValueError(
+                f"`filters` holds the invalid regex {p!r}: {e}."
+            ) from None
+
+
+def _structure(model, config):
+    structure = config.quantization_layer_structure
+    if structure is None and hasattr(model, "get_quantization_layer_structure"):
+        structure = model.get_quantization_layer_structure("gptq")
+    if structure is None:
+        raise ValueError(
+            f"Cannot find the transformer blocks of {model.name!r}. Pass them "
+            "as `GPTQConfig(..., quantization_layer_structure="
+            "{'sequential_blocks': [block_1, block_2, ...]})`, the blocks "
+            "in the order the model runs them."
+        )
+    return list(structure["sequential_blocks"])
+
+
+def _targets(block, filters):
+    found = []
+    for layer in block._flatten_layers(include_self=True):
+        if not isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense)):
+            continue
+        if not _matches(layer, filters):
+            continue
+        if layer.quantization_mode is not None:
+            raise ValueError(
+                f"Layer {layer.path!r} is already quantized "
+                f"({layer.dtype_policy.name}). Quantize the float model: "
+                "reload it from its float preset first."
+            )
+        try:
+            layout_lib.layer_layout(layer)
+        except layout_lib.UnsupportedLayerError as e:
+            warnings.warn(f"Skipping {layer.path!r}: {e}", stacklevel=3)
+            continue
+        found.append(layer)
+    return found
+
+
+def _check_model(model, config):
+    if not model.built:
+        raise ValueError(
+            f"Model {model.name!r} is not built. Build it (e.g. call it on a "
+            "batch of token ids, or load it with `from_preset`) before "
+            "quantizing."
+        )
+    backbone = capture.forward_model(model)
+    limit = getattr(backbone, "max_sequence_length", None)
+    if isinstance(limit, int) and config.sequence_length > limit:
+        raise ValueError(
+            f"`sequence_length`={config.sequence_length} exceeds the model's "
+            f"maximum of {limit} tokens. Use `sequence_length<={limit}`."
+        )
+
+
+def _probe_groups(block, layers, call):
+    """Orders `layers` by first call and groups those sharing one input."""
+    seen, keys, keep = [], {}, []
+
+    def note(layer, x):
+        if layer in keys:
+            return
+        keep.append(x)
+        lay = layout_lib.layer_layout(layer)
+        keys[layer] = (id(x), lay.input_axes, lay.columns)
+        seen.append(layer)
+
+    with capture.record_layer_inputs(layers, note):
+        capture.run_block(block, [call])
+    missing = [l.path for l in layers if l not in keys]
+    if missing:
+        warnings.warn(f"Never called during calibration, skipped: {missing}",
+                      stacklevel=3)
+    groups = []
+    for layer in seen:
+        if groups and keys[groups[-1][0]] == keys[layer]:
+            groups[-1].append(layer)
+        else:
+            groups.append([layer])
+    return groups
+
+
+def _hessians(block, groups, calls):
+    """One pass over the calls; one Hessian per group of shared inputs."""
+    owners = {g[0]: capture.HessianAccumulator(
+        layout_lib.layer_layout(g[0]).columns) for g in groups}
+
+    def add(layer, x):
+        if layer in owners:
+            lay = layout_lib.layer_layout(layer)
+            owners[layer].add(lay.inputs_to_rows(x))
+
+    with capture.record_layer_inputs(list(owners), add):
+        capture.run_block(block, calls)
+    return {g[0]: owners[g[0]].result() for g in groups}
+
+
+def _solve_layer(layer, H, config):
+    lay = layout_lib.layer_layout(layer)
+    kernel = keras.ops.convert_to_numpy(
+        keras.ops.cast(layer._kernel, "float32"))
+    W = lay.kernel_to_matrix(kernel)
+    if not np.all(np.isfinite(W)):
+        raise ValueError(f"Layer {layer.path!r} has NaN or Inf weights.")
+    if not np.all(np.isfinite(H)):
+        raise ValueError(
+            f"The calibration activations reaching {layer.path!r} contain "
+            "NaN or Inf: check the model in float32 on this data first."
+        )
+    if config.group_size != -1 and config.group_size > lay.columns:
+        raise ValueError(
+            f"`group_size`={config.group_size} is larger than the "
+            f"{lay.columns} input features of layer {layer.path!r}. Use "
+            f"group_size<={lay.columns}, -1, or `filters` to skip the layer."
+        )
+    start = time.perf_counter()
+    result = solver.solve_gptq(
+        W, H, bits=config.weight_bits, group_size=config.group_size,
+        symmetric=config.symmetric, activation_order=config.activation_order,
+        static_groups=config.static_groups, block_size=config.block_size,
+        damping=config.hessian_damping, mse=config.mse,
+        damping_step=config.damping_auto_increase)
+    seconds = time.perf_counter() - start
+    Q = solver.dequantize(result.q, result.scale, result.zero, result.g_idx)
+    if result.damping > config.hessian_damping:
+        warnings.warn(
+            f"Hessian of {layer.path!r} was not positive definite; damping "
+            f"raised from {config.hessian_damping:g} to {result.damping:g}.",
+            stacklevel=4)
+    entry = report_lib.layer_entry(layer.path, W, Q, H, config, result,
+                                   seconds)
+    return kernel, lay.matrix_to_kernel(Q), result, entry
+
+
+def quantize(model, config, filters=None, verbose=True):
+    """Quantizes a model's Dense/EinsumDense layers in place with GPTQ.
+
+    Args:
+        model: a built Keras model (typically a KerasHub `CausalLM`).
+        config: a `keras_gptq.GPTQConfig`.
+        filters: None, a regex string, a list of regex strings (matched
+            against each layer's name and path), or a callable
+            `layer -> bool` selecting the layers to quantize.
+        verbose: show a progress bar over the blocks.
+
+    Returns:
+        A `QuantizationReport` (also kept as `model.gptq_report`).
+
+    Raises:
+        TypeError, ValueError: for bad arguments (see the README's
+            Troubleshooting section). On any error or interruption the
+            model is left exactly as it was.
+    """
+    if not isinstance(config, GPTQConfig):
+        raise TypeError(
+            "`config` must be a keras_gptq.GPTQConfig, but received "
+            f"{type(config).__name__}."
+        )
+    _check_filters(filters)
+    _check_model(model, config)
+    blocks = _structure(model, config)
+    targets = {id(b): _targets(b, filters) for b in blocks}
+    if not any(targets.values()):
+        warnings.warn("No Dense/EinsumDense layer matched `filters`; the "
+                      "model is unchanged.", stacklevel=2)
+        return report_lib.QuantizationReport([], 0.0, 0)
+    start = time.perf_counter()
+    windows = calibration.calibration_windows(
+        config.dataset, config.tokenizer, config.num_samples,
+        config.sequence_length, seed=config.seed)
+    step = config.calibration_batch_size
+    batches = [windows[i:i + step] for i in range(0, len(windows), step)]
+    originals, solved, written, entries = [], [], [], []
+    bar = keras.utils.Progbar(len(blocks), unit_name="block") if verbose else None
+    try:
+        calls = capture.catch_block_inputs(model, blocks[0], batches)
+        for index, block in enumerate(blocks):
+            layers = targets[id(block)]
+            groups = _probe_groups(block, layers, calls[0]) if layers else []
+            passes = [[g] for g in groups] if config.true_sequential else (
+                [groups] if groups else [])
+            for sub in passes:
+                hessians = _hessians(block, sub, calls)
+                for group in sub:
+                    for layer in group:
+                        kernel, q_kernel, result, entry = _solve_layer(
+                            layer, hessians[group[0]], config)
+                        originals.append((layer, kernel))
+                        layer._kernel.assign(q_kernel)
+                        solved.append((layer, result))
+                        entries.append(entry)
+            calls = capture.run_block(block, calls)
+            if bar is not None:
+                bar.update(index + 1)
+        for layer, result in solved:
+            written.append((layer, storage.write_packed(
+                layer, result, config.weight_bits, config.group_size)))
+    except BaseException:
+        for layer, token in reversed(written):
+            storage.restore_float(layer, token)
+        for layer, kernel in originals:
+            layer._kernel.assign(kernel)
+        raise
+    _reset_compiled_functions(model)
+    report = report_lib.QuantizationReport(
+        entries, time.perf_counter() - start, int(windows.size))
+    model.gptq_report = report
+    return report
+
+
+def _reset_compiled_functions(model):
+    for name in ("train_function", "test_function", "predict_function",
+                 "generate_function"):
+        if hasattr(model, name):
+            setattr(model, name, None)

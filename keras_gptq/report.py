@@ -1,0 +1,78 @@
+"""The per-layer report of a quantization run."""
+
+import dataclasses
+
+from keras_gptq import grid
+from keras_gptq import solver
+
+
+@dataclasses.dataclass
+class LayerReport:
+    """What happened to one layer.
+
+    Attributes:
+        name: the layer's path.
+        shape: `(out, in)` of its matrix view.
+        bits, group_size: the grid used.
+        rtn_error: relative output error of round-to-nearest on the same
+            grid, `tr(dW H dW^T) / tr(W H W^T)` (what GPTQ improves on).
+        gptq_error: the same for GPTQ's weights.
+        damping: the damping fraction used (higher than configured when the
+            Hessian needed it).
+        seconds: solver time.
+    """
+
+    name: str
+    shape: tuple
+    bits: int
+    group_size: int
+    rtn_error: float
+    gptq_error: float
+    damping: float
+    seconds: float
+
+
+def layer_entry(name, W, Q, H, config, result, seconds):
+    """Builds a `LayerReport`, measuring RTN's error on the same grid."""
+    reference = max(solver.output_error(W, 0 * W, H), 1e-30)
+    rtn = solver.dequantize(*grid.rtn_quantize(
+        W, config.weight_bits, config.group_size, config.symmetric,
+        config.mse))
+    return LayerReport(
+        name=name, shape=tuple(W.shape), bits=config.weight_bits,
+        group_size=config.group_size,
+        rtn_error=solver.output_error(W, rtn, H) / reference,
+        gptq_error=solver.output_error(W, Q, H) / reference,
+        damping=result.damping, seconds=seconds)
+
+
+@dataclasses.dataclass
+class QuantizationReport:
+    """The report of a whole run: one `LayerReport` per quantized layer.
+
+    Attributes:
+        layers: list of `LayerReport`.
+        seconds: wall time of the run (calibration included).
+        calibration_tokens: tokens fed through the model.
+    """
+
+    layers: list
+    seconds: float
+    calibration_tokens: int
+
+    def to_dicts(self):
+        """Returns the layer entries as a list of plain dicts."""
+        return [dataclasses.asdict(entry) for entry in self.layers]
+
+    def __str__(self):
+        lines = [f"{'layer':<60} {'shape':>12} {'bits':>4} {'group':>5} "
+                 f"{'rtn err':>9} {'gptq err':>9} {'damp':>6} {'s':>6}"]
+        for e in self.layers:
+            shape = "x".join(str(d) for d in e.shape)
+            lines.append(
+                f"{e.name[-60:]:<60} {shape:>12} {e.bits:>4} "
+                f"{e.group_size:>5} {e.rtn_error:>9.2e} {e.gptq_error:>9.2e} "
+                f"{e.damping:>6.3f} {e.seconds:>6.2f}")
+        lines.append(f"{len(self.layers)} layers, {self.calibration_tokens} "
+                     f"calibration tokens, {self.seconds:.1f} s")
+        return "\n".join(lines)
