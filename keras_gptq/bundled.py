@@ -401,7 +401,7 @@ def wikipedia_articles():
 def _articles_in_split(evaluation):
     """Returns the texts whose index puts them in the chosen split."""
     return [text for i, (_, text) in enumerate(_parsed_articles())
-            if (i % _EVALUATION_EVERY == 0) == evaluation]
+            if (i % _EVALUATION_EVERY == _EVALUATION_EVERY - 1) == evaluation]
 
 
 def calibration_texts():
