@@ -3,6 +3,7 @@
 Public API:
     GPTQConfig: every setting of a run, validated.
     quantize(model, config, filters=None): quantize in place; returns a report.
+    evaluate_perplexity(model, data, ...): sliding-window perplexity.
 
 Importing this package also routes `model.quantize("gptq", config=...)` with
 a `keras_gptq.GPTQConfig` to `quantize`, and registers the storage that lets
@@ -12,7 +13,8 @@ a `keras_gptq.GPTQConfig` to `quantize`, and registers the storage that lets
 from keras_gptq import integration as _integration  # noqa: F401
 from keras_gptq import storage as _storage  # noqa: F401
 from keras_gptq.config import GPTQConfig
+from keras_gptq.evaluation import evaluate_perplexity
 from keras_gptq.pipeline import quantize
 
-__all__ = ["GPTQConfig", "quantize"]
+__all__ = ["GPTQConfig", "evaluate_perplexity", "quantize"]
 __version__ = "0.1.0"

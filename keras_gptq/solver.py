@@ -64,8 +64,7 @@ def output_error(W, Q, H):
     outputs over the calibration tokens.
     """
     delta = np.asarray(W, np.float64) - np.asarray(Q, np.float64)
-    return float(np.einsum("oi,ij,oj->", delta, np.asarray(H, np.float64),
-                           delta))
+    return float(np.sum((delta @ np.asarray(H, np.float64)) * delta))
 
 
 def inverse_cholesky(H, damping, damping_step=0.0, max_damping=1.0):

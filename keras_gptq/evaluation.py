@@ -1,0 +1,77 @@
+"""Evaluation: sliding-window perplexity of a causal LM on text or tokens."""
+
+import math
+
+import keras
+import numpy as np
+
+from keras_gptq import calibration
+from keras_gptq import capture
+
+
+def _log_softmax_nll(logits, targets):
+    logits = keras.ops.cast(logits, "float32")
+    logp = keras.ops.log_softmax(logits, axis=-1)
+    picked = keras.ops.take_along_axis(
+        logp, keras.ops.expand_dims(targets, -1), axis=-1)
+    return -keras.ops.convert_to_numpy(picked)[..., 0].astype(np.float64)
+
+
+def evaluate_perplexity(model, data, tokenizer=None, sequence_length=512,
+                        stride=None, max_tokens=None, batch_size=4,
+                        verbose=False):
+    """Perplexity of a causal LM on `data`, with sliding windows.
+
+    Windows of `sequence_length` tokens start every `stride` tokens; each
+    window scores only the tokens not scored by an earlier window (all of
+    them for the first), so with `stride == sequence_length` (the default)
+    windows are disjoint, as in the GPTQ paper's evaluation.
+
+    Args:
+        model: a KerasHub `CausalLM` (called on `{"token_ids",
+            "padding_mask"}`) or any model mapping ids to logits.
+        data: text or token ids, in any form `GPTQConfig.dataset` accepts.
+        tokenizer: needed when `data` holds text.
+        sequence_length: tokens per window.
+        stride: distance between window starts (<= sequence_length).
+        max_tokens: use at most this many tokens of `data`.
+        batch_size: windows per forward pass.
+        verbose: show a progress bar.
+
+    Returns:
+        The perplexity, `exp(mean negative log-likelihood)`, as a float.
+
+    Raises:
+        ValueError: for fewer than `sequence_length` tokens or a bad stride.
+    """
+    stride = stride or sequence_length
+    if not 0 < stride <= sequence_length:
+        raise ValueError(
+            f"`stride`={stride} must be in [1, sequence_length="
+            f"{sequence_length}].")
+    stream = calibration.token_stream(data, tokenizer, max_tokens=max_tokens)
+    if max_tokens is not None:
+        stream = stream[:max_tokens]
+    if len(stream) < sequence_length:
+        raise ValueError(
+            f"`data` gave {len(stream)} tokens, fewer than one window of "
+            f"`sequence_length`={sequence_length}.")
+    starts = list(range(0, len(stream) - sequence_length + 1, stride))
+    windows = np.stack([stream[s:s + sequence_length] for s in starts])
+    scored_from = [0] + [sequence_length - stride] * (len(starts) - 1)
+    total, count = 0.0, 0
+    bar = keras.utils.Progbar(len(windows), unit_name="window") if (
+        verbose) else None
+    with capture.no_grad():
+        for i in range(0, len(windows), batch_size):
+            batch = windows[i:i + batch_size].astype("int32")
+            inputs = capture.model_inputs(model, batch)
+            logits = model(inputs, training=False)
+            nll = _log_softmax_nll(logits[:, :-1], batch[:, 1:])
+            for row, first in zip(nll, scored_from[i:i + batch_size]):
+                part = row[max(first - 1, 0):]
+                total += float(part.sum())
+                count += part.size
+            if bar is not None:
+                bar.update(min(i + batch_size, len(windows)))
+    return math.exp(total / count)
