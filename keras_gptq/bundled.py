@@ -7,8 +7,9 @@ Face-style folder that KerasHub's own transformers converter loads;
 `default_model_folder` caches that folder (about 538 MB) outside the
 repository; `load_default_model` builds a `Llama3CausalLM` from it.
 
-Text: the PyPI package `gensim` ships real English Wikipedia articles as test
-data (107 after dropping redirects, about 480k words once markup is removed).
+Text: the PyPI package `gensim` ships real English Wikipedia pages as test
+data: 106 main-namespace articles that are not redirects, about 480k words
+once markup is removed.
 Split rule, by article: article `i` (file order, redirects dropped) goes to
 `evaluation_texts()` when `i % 5 == 4`, otherwise to `calibration_texts()`.
 
@@ -378,7 +379,8 @@ def _parsed_articles():
     wikicorpus = _import_or_explain("gensim.corpora.wikicorpus")
     articles = []
     with bz2.open(_package_data_path("gensim", _WIKI_FILE)) as stream:
-        for title, markup, _ in wikicorpus.extract_pages(stream):
+        pages = wikicorpus.extract_pages(stream, filter_namespaces=("0",))
+        for title, markup, _ in pages:
             if markup.lstrip().lower().startswith("#redirect"):
                 continue
             text = _clean_wiki_text(markup, wikicorpus.filter_wiki)
@@ -390,8 +392,8 @@ def _parsed_articles():
 def wikipedia_articles():
     """Returns gensim's bundled English Wikipedia articles as clean text.
 
-    Redirect pages are dropped; markup is stripped with gensim's
-    `filter_wiki`. Parsed once per process (about 1.5 s), then cached.
+    Redirects and other namespaces are dropped; markup is stripped by gensim's
+    `filter_wiki`. Parsed once per process (a few seconds), then cached.
     Returns a list of `(title, text)` pairs in file order; raises
     ImportError if `gensim` is missing.
     """

@@ -417,7 +417,7 @@ def test_text_split_is_disjoint_deterministic_and_real():
     articles = bundled.wikipedia_articles()
     calibration, evaluation = bundled.calibration_texts(), bundled.evaluation_texts()
     texts = [text for _, text in articles]
-    assert len(articles) >= 100 and calibration and evaluation
+    assert len(articles) == 106 and calibration and evaluation  # measured
     assert evaluation == texts[4::5]
     assert calibration == [t for i, t in enumerate(texts) if i % 5 != 4]
     assert not set(calibration) & set(evaluation)
