@@ -11,6 +11,7 @@ a `keras_gptq.GPTQConfig` to `quantize`, and registers the storage that lets
 """
 
 from keras_gptq import integration as _integration  # noqa: F401
+from keras_gptq import presets as _presets  # noqa: F401
 from keras_gptq import storage as _storage  # noqa: F401
 from keras_gptq.config import GPTQConfig
 from keras_gptq.evaluation import evaluate_perplexity

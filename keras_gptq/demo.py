@@ -99,8 +99,10 @@ def main(argv=None):
         m, evaluation, tokenizer, sequence_length=512,
         max_tokens=eval_tokens, verbose=False)
     results = {"float": ppl(model)}
+    print(f"float perplexity {results['float']:.2f}", flush=True)
     originals = _rtn_in_place(model, args.bits, args.group_size)
     results["rtn"] = ppl(model)
+    print(f"RTN perplexity {results['rtn']:.2f}", flush=True)
     for layer, kernel in originals:
         layer._kernel.assign(kernel)
     config = keras_gptq.GPTQConfig(
@@ -112,6 +114,7 @@ def main(argv=None):
     keras_gptq.quantize(model, config)
     results["seconds"] = time.perf_counter() - t0
     results["gptq"] = ppl(model)
+    print(f"GPTQ perplexity {results['gptq']:.2f}", flush=True)
     workdir = tempfile.mkdtemp(prefix="keras_gptq_demo_")
     out = args.out or os.path.join(workdir, "preset")
     model.save_to_preset(out)

@@ -9,11 +9,7 @@ as in Keras:
 1. `keras.Model.quantize`: a `keras_gptq.GPTQConfig` goes to
    `keras_gptq.quantize` before Keras touches any layer.
 2. Keras's config validation accepts a `keras_gptq.GPTQConfig`.
-3. KerasHub 0.32's `Backbone.from_preset` overwrites the saved
-   `DTypePolicyMap` with `dtype=None`, so every layer is rebuilt as float
-   and the weights fail to load. For presets holding keras_gptq layers, the
-   saved map is kept (as `CausalLM.from_preset` already does).
-4. A model created *before* `import keras_gptq` still holds Keras's own
+3. A model created *before* `import keras_gptq` still holds Keras's own
    `quantize`; if it receives a `keras_gptq.GPTQConfig`, the first layer it
    tries to convert raises a clear error (nothing has changed by then),
    instead of silently running Keras's GPTQ.
@@ -77,38 +73,12 @@ def _refuse_late_instances():
         cls._gptq_build = _gptq_build
 
 
-def _holds_packed_layers(saved_dtype):
-    if not isinstance(saved_dtype, dict):
-        return False
-    policies = saved_dtype.get("config", {}).get("policy_map", {})
-    return any(
-        isinstance(p, dict) and p.get("registered_name", "").startswith(
-            "keras_gptq>") for p in policies.values()
-    )
-
-
-def _keep_saved_policy_map():
-    from keras_hub.src.utils import preset_utils
-
-    loader = preset_utils.KerasPresetLoader
-    original = loader.load_backbone
-
-    def load_backbone(self, cls, load_weights, **kwargs):
-        saved = self.config.get("config", {}).get("dtype")
-        if kwargs.get("dtype") is None and _holds_packed_layers(saved):
-            kwargs["dtype"] = saved
-        return original(self, cls, load_weights, **kwargs)
-
-    loader.load_backbone = load_backbone
-
-
 def _install():
     if getattr(keras.Model, "_keras_gptq_routed", False):
         return
     _route_model_quantize()
     _accept_config()
     _refuse_late_instances()
-    _keep_saved_policy_map()
     keras.Model._keras_gptq_routed = True
 
 
