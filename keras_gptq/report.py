@@ -2,6 +2,8 @@
 
 import dataclasses
 
+import numpy as np
+
 from keras_gptq import grid
 from keras_gptq import solver
 
@@ -34,15 +36,19 @@ class LayerReport:
 
 def layer_entry(name, W, Q, H, config, result, seconds):
     """Builds a `LayerReport`, measuring RTN's error on the same grid."""
-    reference = max(solver.output_error(W, 0 * W, H), 1e-30)
     rtn = solver.dequantize(*grid.rtn_quantize(
         W, config.weight_bits, config.group_size, config.symmetric,
         config.mse))
+    # One float32 product for the three quadratic forms tr(D H D^T).
+    D = np.stack([W, W - rtn, W - Q]).astype(np.float32)
+    reference, rtn_error, gptq_error = np.einsum(
+        "kij,kij->k", D @ np.asarray(H, np.float32), D).astype(np.float64)
+    reference = max(reference, 1e-30)
     return LayerReport(
         name=name, shape=tuple(W.shape), bits=config.weight_bits,
         group_size=config.group_size,
-        rtn_error=solver.output_error(W, rtn, H) / reference,
-        gptq_error=solver.output_error(W, Q, H) / reference,
+        rtn_error=rtn_error / reference,
+        gptq_error=gptq_error / reference,
         damping=result.damping, seconds=seconds)
 
 
