@@ -28,12 +28,12 @@ def _params_from_range(xmin, xmax, bits, symmetric):
     empty = (xmin == 0) & (xmax == 0)
     xmin = np.where(empty, -1.0, xmin)
     xmax = np.where(empty, 1.0, xmax)
-    scale = ((xmax - xmin) / maxq).astype(np.float32)
+    scale = (xmax - xmin) / maxq
     if symmetric:
         zero = np.full_like(scale, (maxq + 1) // 2)
     else:
         zero = np.round(-xmin / scale)
-    return scale, np.clip(zero, 0, maxq).astype(np.float32)
+    return scale, np.clip(zero, 0, maxq)
 
 
 def find_params(w, bits, symmetric, mse=False):
@@ -47,15 +47,17 @@ def find_params(w, bits, symmetric, mse=False):
             lowest `|w - Q(w)|**2.4` error per row, as the reference does.
 
     Returns:
-        `(scale, zero)`, each `[rows]` float32; `zero` holds integers.
+        `(scale, zero)`, each `[rows]` float64 (the grid is fitted in
+        float64, as the float64 reference does, so ties round alike);
+        `zero` holds integers.
     """
-    w = np.asarray(w, dtype=np.float32)
+    w = np.asarray(w, dtype=np.float64)
     xmin = np.minimum(w.min(axis=1), 0.0)
     xmax = np.maximum(w.max(axis=1), 0.0)
     scale, zero = _params_from_range(xmin, xmax, bits, symmetric)
     if not mse:
         return scale, zero
-    best = np.full(w.shape[0], np.inf, dtype=np.float32)
+    best = np.full(w.shape[0], np.inf)
     for i in range(int(_MSE_MAX_SHRINK * _MSE_GRID)):
         p = 1.0 - i / _MSE_GRID
         s, z = _params_from_range(p * xmin, p * xmax, bits, symmetric)
@@ -80,14 +82,14 @@ def quantize(w, scale, zero, bits):
         bits: grid bits.
 
     Returns:
-        float32 array of integer levels in `[0, 2**bits - 1]`.
+        array of integer levels in `[0, 2**bits - 1]`.
     """
     return np.clip(np.round(w / scale) + zero, 0, max_level(bits))
 
 
 def dequantize(q, scale, zero):
     """Maps integer levels back to weights: `scale * (q - zero)`."""
-    return (scale * (q - zero)).astype(np.float32)
+    return scale * (q - zero)
 
 
 def rtn_quantize(w, bits, group_size, symmetric, mse=False):
@@ -116,7 +118,7 @@ def rtn_quantize(w, bits, group_size, symmetric, mse=False):
         levels.append(quantize(block, s[:, None], z[:, None], bits))
     return (
         np.concatenate(levels, axis=1).astype(np.uint8),
-        np.stack(scales, axis=1),
-        np.stack(zeros, axis=1),
+        np.stack(scales, axis=1).astype(np.float32),
+        np.stack(zeros, axis=1).astype(np.uint8),
         g_idx,
     )

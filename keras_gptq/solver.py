@@ -52,9 +52,10 @@ def dequantize(q, scale, zero, g_idx):
     """Rebuilds float weights `[out, in]` from a `SolverResult`'s arrays."""
     g_idx = np.asarray(g_idx, dtype=np.int64)
     zero = np.asarray(zero, dtype=np.float32)
+    scale = np.asarray(scale, dtype=np.float32)
     return grid.dequantize(
         np.asarray(q, dtype=np.float32), scale[:, g_idx], zero[:, g_idx]
-    )
+    ).astype(np.float32)
 
 
 def output_error(W, Q, H):
@@ -173,14 +174,15 @@ def solve_gptq(
             "columns of this matrix. Use a smaller group_size or -1."
         )
     size = columns if group_size == -1 else group_size
+    static = group_size == -1 or static_groups
+    if group_size == -1:  # As the reference: fitted before dead columns.
+        scale, zero = _static_params(W, size, bits, symmetric, mse)
     dead = np.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
-
-    natural_g_idx = (np.arange(columns) // size).astype(np.int32)
-    static = group_size == -1 or static_groups
-    if static:
+    if static_groups and group_size != -1:
         scale, zero = _static_params(W, size, bits, symmetric, mse)
+    natural_g_idx = (np.arange(columns) // size).astype(np.int32)
     perm = np.arange(columns)
     if activation_order:
         perm = np.argsort(-np.diag(H), kind="stable")
@@ -193,8 +195,8 @@ def solve_gptq(
     Qt = np.empty((columns, rows), dtype=np.float32)
     if not static:
         n_groups = -(-columns // size)
-        scale = np.empty((rows, n_groups), dtype=np.float32)
-        zero = np.empty((rows, n_groups), dtype=np.float32)
+        scale = np.empty((rows, n_groups))
+        zero = np.empty((rows, n_groups))
     col_group = natural_g_idx[perm] if static else natural_g_idx
     for i1 in range(0, columns, block_size):
         i2 = min(i1 + block_size, columns)
@@ -216,7 +218,7 @@ def solve_gptq(
             err = (w - grid.dequantize(q, scale[:, g], zero[:, g])) / (
                 Hinv1[i, i]
             )
-            W1[i + 1:] -= Hinv1[i, i + 1:, None] * err[None, :]
+            W1[i + 1:] -= Hinv1[i, i + 1:, None] * err.astype(np.float32)
             Err1[i] = err
         Wt[i2:] -= Hinv[i1:i2, i2:].T @ Err1
 
