@@ -19,7 +19,11 @@ _TOKENS_HEADROOM = 4
 
 
 def _as_documents(dataset):
-    """Returns a list whose items are strings or 1-D integer arrays."""
+    """Returns an iterable of documents: strings or 1-D integer arrays.
+
+    Iterables are consumed lazily, so a streaming dataset is read only as
+    far as the windows need.
+    """
     if isinstance(dataset, (str, os.PathLike)):
         path = os.fspath(dataset)
         if not os.path.isfile(path):
@@ -32,6 +36,8 @@ def _as_documents(dataset):
             return [f.read()]
     if hasattr(dataset, "shape") and hasattr(dataset, "dtype"):
         array = np.asarray(dataset)
+        if array.dtype.kind in "US":  # a numpy array of strings is text
+            return [str(t) for t in array.reshape(-1)]
         if array.ndim not in (1, 2):
             raise ValueError(
                 "`dataset` token arrays must be 1-D (one stream) or 2-D "
@@ -39,18 +45,23 @@ def _as_documents(dataset):
             )
         return list(np.atleast_2d(array))
     try:
-        items = list(dataset)
+        return iter(dataset)
     except TypeError:
         raise TypeError(
             "`dataset` must be a list or iterable of strings, a text file "
             "path, or integer token ids, but received "
             f"{type(dataset).__name__}."
         ) from None
-    return items
 
 
 def _check_ids(ids, source):
-    array = np.asarray(ids)
+    try:
+        array = np.asarray(ids)
+    except ValueError:
+        raise ValueError(
+            f"{source} must give a 1-D sequence of ids for one document, but "
+            f"gave a ragged nested sequence ({type(ids).__name__})."
+        ) from None
     if array.dtype == object or not np.issubdtype(array.dtype, np.integer):
         if array.size and np.issubdtype(array.dtype, np.floating) and (
             np.all(np.mod(array, 1) == 0)

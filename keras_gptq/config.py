@@ -67,12 +67,17 @@ def _check_structure(structure):
             "[backbone.token_embedding], 'sequential_blocks': "
             "backbone.transformer_layers}."
         )
-    blocks = structure["sequential_blocks"]
-    if not isinstance(blocks, (list, tuple)) or not blocks:
-        raise ValueError(
-            "`quantization_layer_structure['sequential_blocks']` must be a "
-            f"non-empty list of layers, but received {blocks!r}."
-        )
+    for key in ("sequential_blocks", "pre_block_layers"):
+        layers = structure.get(key, [])
+        if not isinstance(layers, (list, tuple)) or (
+            key == "sequential_blocks" and not layers
+        ) or not all(isinstance(l, keras.layers.Layer) for l in layers):
+            raise ValueError(
+                f"`quantization_layer_structure[{key!r}]` must be a "
+                + ("non-empty " if key == "sequential_blocks" else "")
+                + f"list of Keras layers (the model's own objects, not "
+                f"names), but received {layers!r}."
+            )
     return structure
 
 

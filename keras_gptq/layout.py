@@ -111,6 +111,14 @@ def einsum_layout(equation, kernel_shape):
             f"Kernel spec {k_spec!r} of {equation!r} does not match the "
             f"kernel shape {tuple(kernel_shape)}."
         )
+    summed = [c for c in x_spec.replace(".", "")
+              if c not in k_spec and c not in out_spec]
+    if summed:
+        raise UnsupportedLayerError(
+            f"Input axes {summed} of {equation!r} are summed away before the "
+            "kernel applies: the layer is not one matrix on its input rows, "
+            "so GPTQ skips it."
+        )
     in_axes, out_axes = [], []
     for axis, letter in enumerate(k_spec):
         in_x, in_out = letter in x_spec, letter in out_spec

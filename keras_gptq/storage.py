@@ -232,6 +232,8 @@ def write_packed(layer, result, bits, group_size):
     """
     kernel_shape = tuple(layer._kernel.shape)
     old_policy, old_kernel = layer_policy(layer), layer._kernel
+    order = (list(layer._trainable_variables),
+             list(layer._non_trainable_variables))
     layer._tracker.unlock()
     try:
         _set_policy(layer, PackedGPTQPolicy(
@@ -245,11 +247,11 @@ def write_packed(layer, result, bits, group_size):
         _drop_variable(layer, "_kernel")
     except BaseException:
         layer._tracker.lock()
-        restore_float(layer, (old_policy, old_kernel))
+        restore_float(layer, (old_policy, old_kernel, order))
         raise
     layer._tracker.lock()
     _retrack(layer)
-    return old_policy, old_kernel
+    return old_policy, old_kernel, order
 
 
 def restore_float(layer, token):
@@ -259,13 +261,16 @@ def restore_float(layer, token):
         layer: a layer passed to `write_packed`.
         token: the value `write_packed` returned for it.
     """
-    old_policy, old_kernel = token
+    old_policy, old_kernel, (trainable, non_trainable) = token
     layer._tracker.unlock()
     for name in ("quantized_kernel", "kernel_scale", "kernel_zero", "g_idx"):
         if getattr(layer, name, None) is not None:
             _drop_variable(layer, name)
     if getattr(layer, "_kernel", None) is not old_kernel:
         layer._kernel = old_kernel
+    # Re-tracking appends the kernel last; put every variable back in place.
+    layer._trainable_variables[:] = trainable
+    layer._non_trainable_variables[:] = non_trainable
     _set_policy(layer, old_policy)
     layer._is_quantized = False
     layer.is_gptq_calibrated = False
