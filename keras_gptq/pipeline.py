@@ -224,27 +224,9 @@ def quantize(model, config, filters=None, verbose=True):
     step = config.calibration_batch_size
     batches = [windows[i:i + step] for i in range(0, len(windows), step)]
     originals, solved, written, entries = [], [], [], []
-    bar = keras.utils.Progbar(len(blocks), unit_name="block") if verbose else None
     try:
-        calls = capture.catch_block_inputs(model, blocks[0], batches)
-        for index, block in enumerate(blocks):
-            layers = targets[id(block)]
-            groups = _probe_groups(block, layers, calls[0]) if layers else []
-            passes = [[g] for g in groups] if config.true_sequential else (
-                [groups] if groups else [])
-            for sub in passes:
-                hessians = _hessians(block, sub, calls)
-                for group in sub:
-                    for layer in group:
-                        kernel, q_kernel, result, entry = _solve_layer(
-                            layer, hessians[group[0]], config)
-                        originals.append((layer, kernel))
-                        layer._kernel.assign(q_kernel)
-                        solved.append((layer, result))
-                        entries.append(entry)
-            calls = capture.run_block(block, calls)
-            if bar is not None:
-                bar.update(index + 1)
+        _walk(model, blocks, targets, batches, config, verbose, originals,
+              solved, entries)
         for layer, result in solved:
             written.append((layer, storage.write_packed(
                 layer, result, config.weight_bits, config.group_size)))
@@ -259,6 +241,38 @@ def quantize(model, config, filters=None, verbose=True):
         entries, time.perf_counter() - start, int(windows.size))
     model.gptq_report = report
     return report
+
+
+def _walk(model, blocks, targets, batches, config, verbose, originals,
+          solved, entries):
+    """Solves every block in order; float kernels are swapped, not freed.
+
+    Appends `(layer, float_kernel)` to `originals` before a layer's kernel
+    is replaced by its dequantized weights, `(layer, result)` to `solved`
+    and the layer's report entry to `entries`.
+    """
+    bar = keras.utils.Progbar(len(blocks), unit_name="block") if (
+        verbose) else None
+    calls = capture.catch_block_inputs(model, blocks[0], batches)
+    for index, block in enumerate(blocks):
+        layers = targets[id(block)]
+        groups = _probe_groups(block, layers, calls[0]) if layers else []
+        passes = [[g] for g in groups] if config.true_sequential else (
+            [groups] if groups else [])
+        for sub in passes:
+            hessians = _hessians(block, sub, calls)
+            for group in sub:
+                for layer in group:
+                    kernel, q_kernel, result, entry = _solve_layer(
+                        layer, hessians[group[0]], config)
+                    originals.append((layer, kernel))
+                    layer._kernel.assign(q_kernel)
+                    solved.append((layer, result))
+                    entries.append(entry)
+            del hessians
+        calls = capture.run_block(block, calls)
+        if bar is not None:
+            bar.update(index + 1)
 
 
 def _reset_compiled_functions(model):

@@ -7,7 +7,8 @@ act-order with or without static groups. Names follow the paper: `W` is
 `[out, in]` (rows are output channels), `H` is `[in, in]`.
 
 Implementation notes:
-- The factorisation runs in float64 (LAPACK), the column loop in float32.
+- The factorisation runs in float32 (LAPACK; float64 when float32 is not
+  enough), the grid in float64, the column loop in float32.
 - `Hinv = J chol(J H J)^-1 J` (`J` reverses the order) is exactly the upper
   Cholesky factor of `H^-1` that the reference gets from three
   factorisations, at the cost of one Cholesky and one triangular inverse.
@@ -68,6 +69,21 @@ def output_error(W, Q, H):
     return float(np.sum((delta @ np.asarray(H, np.float64)) * delta))
 
 
+def _reversed_inverse_factor(reversed_damped):
+    """`J chol(J H J)^-1 J` via LAPACK in the array's precision, or None."""
+    lapack = scipy.linalg.lapack
+    potrf, trtri = (lapack.spotrf, lapack.strtri) if (
+        reversed_damped.dtype == np.float32) else (lapack.dpotrf,
+                                                   lapack.dtrtri)
+    lower, info = potrf(reversed_damped, lower=1, clean=1, overwrite_a=1)
+    if info != 0 or not np.all(np.isfinite(lower)):
+        return None
+    inv, info = trtri(lower, lower=1, overwrite_c=1)
+    if info != 0 or not np.all(np.isfinite(inv)):
+        return None
+    return np.ascontiguousarray(inv[::-1, ::-1], dtype=np.float32)
+
+
 def inverse_cholesky(H, damping, damping_step=0.0, max_damping=1.0):
     """Returns the upper Cholesky factor of `(H + damp I)^-1` and the damping.
 
@@ -79,8 +95,10 @@ def inverse_cholesky(H, damping, damping_step=0.0, max_damping=1.0):
         max_damping: the largest damping fraction tried.
 
     Returns:
-        `(Hinv, damping_used)`: float64 upper-triangular `[n, n]` with
-        `Hinv^T Hinv = (H + damp I)^-1`, and the damping fraction used.
+        `(Hinv, damping_used)`: float32 upper-triangular `[n, n]` with
+        `Hinv^T Hinv = (H + damp I)^-1`, and the damping fraction used. The
+        factorisation runs in float32 (as the reference does on GPU) and
+        falls back to float64 when float32 loses positive definiteness.
 
     Raises:
         NotPositiveDefiniteError: when no damping up to `max_damping` works.
@@ -91,11 +109,10 @@ def inverse_cholesky(H, damping, damping_step=0.0, max_damping=1.0):
     reversed_H = H[::-1, ::-1]
     while True:
         damped = reversed_H + np.eye(n) * (damping * mean_diag)
-        lower, info = scipy.linalg.lapack.dpotrf(damped, lower=1, clean=1)
-        if info == 0 and np.all(np.isfinite(lower)):
-            inv, info = scipy.linalg.lapack.dtrtri(lower, lower=1)
-            if info == 0 and np.all(np.isfinite(inv)):
-                return np.ascontiguousarray(inv[::-1, ::-1]), damping
+        for dtype in (np.float32, np.float64):  # float64 only if needed
+            factor = _reversed_inverse_factor(damped.astype(dtype))
+            if factor is not None:
+                return factor, damping
         if damping_step <= 0 or damping + damping_step > max_damping + 1e-12:
             raise NotPositiveDefiniteError(
                 f"The Hessian is not positive definite even with damping "
@@ -189,7 +206,6 @@ def solve_gptq(
         W = W[:, perm]
         H = H[perm][:, perm]
     Hinv, damping = inverse_cholesky(H, damping, damping_step)
-    Hinv = Hinv.astype(np.float32)
 
     Wt = np.ascontiguousarray(W.T)  # [in, out]: column i of W is row i.
     Qt = np.empty((columns, rows), dtype=np.float32)
