@@ -17,6 +17,10 @@ def _log_softmax_nll(logits, targets):
     return -keras.ops.convert_to_numpy(picked)[..., 0].astype(np.float64)
 
 
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def evaluate_perplexity(model, data, tokenizer=None, sequence_length=512,
                         stride=None, max_tokens=None, batch_size=4,
                         verbose=False):
@@ -42,10 +46,16 @@ def evaluate_perplexity(model, data, tokenizer=None, sequence_length=512,
         The perplexity, `exp(mean negative log-likelihood)`, as a float.
 
     Raises:
-        ValueError: for fewer than `sequence_length` tokens or a bad stride.
+        ValueError: for fewer than `sequence_length` tokens, a
+            `sequence_length` below 2, or a stride outside
+            `[1, sequence_length]` (0 included).
     """
-    stride = stride or sequence_length
-    if not 0 < stride <= sequence_length:
+    if not _is_int(sequence_length) or sequence_length < 2:
+        raise ValueError(
+            f"`sequence_length`={sequence_length!r} must be an int >= 2 (a "
+            "window needs one token of context per scored token).")
+    stride = sequence_length if stride is None else stride
+    if not _is_int(stride) or not 0 < stride <= sequence_length:
         raise ValueError(
             f"`stride`={stride} must be in [1, sequence_length="
             f"{sequence_length}].")

@@ -1,0 +1,161 @@
+"""`evaluate_perplexity` against a perplexity computed by hand.
+
+The reference below scores tokens with a numpy float64 log-softmax over the
+model's own logits and keeps its own record of which stream positions were
+scored, so each token counts once whatever the stride.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+import keras_gptq
+from conftest import build_causal_lm, logits, markov_tokens
+
+SEQ = 32
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_causal_lm("llama3")
+
+
+@pytest.fixture(scope="module")
+def stream():
+    return markov_tokens(203, seed=7)
+
+
+def _log_softmax(x):
+    x = x.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def reference_perplexity(model, stream, sequence_length, stride):
+    """Sliding windows; each stream position scored once, by the first
+    window that holds it with at least one token of context."""
+    nll, scored = [], np.zeros(len(stream), dtype=int)
+    for start in range(0, len(stream) - sequence_length + 1, stride):
+        window = stream[start:start + sequence_length][None].astype("int32")
+        logp = _log_softmax(logits(model, window)[0])
+        for t in range(1, sequence_length):  # window index t, logits at t-1
+            position = start + t
+            if scored[position]:
+                continue
+            scored[position] = 1
+            nll.append(-logp[t - 1, window[0, t]])
+    assert scored.max() == 1
+    return math.exp(np.mean(nll)), len(nll)
+
+
+def test_disjoint_windows_match_hand_computation(model, stream):
+    expected, count = reference_perplexity(model, stream, SEQ, SEQ)
+    got = keras_gptq.evaluate_perplexity(model, stream, sequence_length=SEQ)
+    assert count == 6 * (SEQ - 1)  # 203 tokens: 6 full windows, tail dropped
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert got == keras_gptq.evaluate_perplexity(
+        model, stream, sequence_length=SEQ, stride=SEQ)
+
+
+@pytest.mark.parametrize("stride", [1, 7, SEQ // 2, SEQ - 1])
+def test_sliding_window_scores_each_token_once(model, stream, stride):
+    expected, count = reference_perplexity(model, stream, SEQ, stride)
+    last_start = (len(stream) - SEQ) // stride * stride
+    assert count == last_start + SEQ - 1  # every position up to the last window
+    got = keras_gptq.evaluate_perplexity(
+        model, stream, sequence_length=SEQ, stride=stride, batch_size=8)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_smaller_stride_uses_more_context(model, stream):
+    disjoint = keras_gptq.evaluate_perplexity(model, stream, sequence_length=SEQ)
+    sliding = keras_gptq.evaluate_perplexity(
+        model, stream, sequence_length=SEQ, stride=8)
+    assert sliding != disjoint
+
+
+def _byte_tokenizer(text):
+    return [b for b in text.encode("utf-8")]
+
+
+def test_text_with_tokenizer_equals_token_ids(model):
+    texts = ["The quick brown fox jumps over the lazy dog. " * 3,
+             "   ", "Pack my box with five dozen liquor jugs! " * 3]
+    ids = np.concatenate([_byte_tokenizer(t) for t in texts if t.strip()])
+    from_text = keras_gptq.evaluate_perplexity(
+        model, texts, _byte_tokenizer, sequence_length=SEQ)
+    from_ids = keras_gptq.evaluate_perplexity(model, ids, sequence_length=SEQ)
+    expected, _ = reference_perplexity(model, ids, SEQ, SEQ)
+    assert from_text == from_ids
+    np.testing.assert_allclose(from_text, expected, rtol=1e-5)
+
+
+def test_token_id_forms_agree(model, stream):
+    as_array = keras_gptq.evaluate_perplexity(model, stream, sequence_length=SEQ)
+    as_list = keras_gptq.evaluate_perplexity(
+        model, [stream[:100], stream[100:]], sequence_length=SEQ)
+    assert as_array == as_list
+
+
+@pytest.mark.parametrize("max_tokens", [SEQ, 2 * SEQ + 5, 150])
+def test_max_tokens_is_honoured(model, stream, max_tokens):
+    got = keras_gptq.evaluate_perplexity(
+        model, stream, sequence_length=SEQ, max_tokens=max_tokens)
+    expected, _ = reference_perplexity(model, stream[:max_tokens], SEQ, SEQ)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # Only the first `max_tokens` count: changing later tokens changes nothing.
+    changed = stream.copy()
+    changed[max_tokens:] = (changed[max_tokens:] + 1) % 256
+    assert got == keras_gptq.evaluate_perplexity(
+        model, changed, sequence_length=SEQ, max_tokens=max_tokens)
+
+
+def test_max_tokens_stops_tokenizing_early(model):
+    calls = []
+
+    def tokenizer(text):
+        calls.append(text)
+        return _byte_tokenizer(text)
+
+    texts = ["x" * 40 for _ in range(10)]
+    keras_gptq.evaluate_perplexity(model, texts, tokenizer,
+                                   sequence_length=SEQ, max_tokens=SEQ)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("stride", [None, 5])
+def test_batch_size_does_not_change_result(model, stream, stride):
+    results = [keras_gptq.evaluate_perplexity(
+        model, stream, sequence_length=SEQ, stride=stride, batch_size=b)
+        for b in (1, 3, 4, 64)]
+    np.testing.assert_allclose(results, results[0], rtol=1e-6)
+
+
+def test_too_few_tokens_names_sequence_length(model, stream):
+    with pytest.raises(ValueError, match="sequence_length"):
+        keras_gptq.evaluate_perplexity(model, stream[:SEQ - 1],
+                                       sequence_length=SEQ)
+    with pytest.raises(ValueError, match="sequence_length"):
+        keras_gptq.evaluate_perplexity(model, stream, sequence_length=SEQ,
+                                       max_tokens=SEQ - 1)
+
+
+@pytest.mark.parametrize("stride", [0, -1, SEQ + 1, 2.5])
+def test_bad_stride_names_stride(model, stream, stride):
+    with pytest.raises(ValueError, match="stride"):
+        keras_gptq.evaluate_perplexity(model, stream, sequence_length=SEQ,
+                                       stride=stride)
+
+
+@pytest.mark.parametrize("sequence_length", [0, 1, 8.0])
+def test_bad_sequence_length_names_it(model, stream, sequence_length):
+    with pytest.raises(ValueError, match="sequence_length"):
+        keras_gptq.evaluate_perplexity(model, stream,
+                                       sequence_length=sequence_length)
+
+
+def test_text_without_tokenizer_names_tokenizer(model):
+    with pytest.raises(ValueError, match="tokenizer"):
+        keras_gptq.evaluate_perplexity(model, ["some text"],
+                                       sequence_length=SEQ)
