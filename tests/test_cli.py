@@ -1,0 +1,176 @@
+"""End-to-end tests of the `keras-gptq` command on a tiny Llama 3 preset.
+
+The commands run in subprocesses (`python -m keras_gptq.cli`) on the
+backend of the test run; help and the backend switch are checked in process.
+"""
+
+import math
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import build_causal_lm
+from conftest import markov_tokens
+from keras_gptq import cli
+
+PROGRESS_BAR = "━"  # what keras.utils.Progbar draws
+FLAGS = {
+    "quantize": ["--out", "--bits", "--group-size", "--act-order",
+                 "--symmetric", "--damping", "--samples", "--seq-len",
+                 "--dataset", "--backend", "--seed", "--quiet", "--debug"],
+    "eval": ["--dataset", "--seq-len", "--max-tokens", "--backend",
+             "--quiet", "--debug"],
+    "inspect": ["--backend", "--debug"],
+}
+
+
+def run_cli(*args):
+    """Runs `python -m keras_gptq.cli ARGS`; returns the CompletedProcess."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-m", "keras_gptq.cli", *args],
+                          capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A folder with a tiny float preset (`float/`) and token ids."""
+    root = tmp_path_factory.mktemp("cli")
+    build_causal_lm("llama3").save_to_preset(str(root / "float"))
+    np.save(root / "ids.npy", markov_tokens(4000, seed=1))
+    np.save(root / "heldout.npy", markov_tokens(1024, seed=2))
+    return root
+
+
+@pytest.fixture(scope="module")
+def quantized(workdir):
+    """`keras-gptq quantize` run once (verbose); returns (process, folder)."""
+    out = workdir / "gptq"
+    proc = run_cli("quantize", str(workdir / "float"), "--out", str(out),
+                   "--dataset", str(workdir / "ids.npy"), "--samples", "4",
+                   "--seq-len", "32", "--group-size", "32")
+    return proc, out
+
+
+def test_quantize_prints_report_progress_and_saves(quantized):
+    proc, out = quantized
+    assert proc.returncode == 0, proc.stderr
+    assert PROGRESS_BAR in proc.stdout
+    assert "transformer_layer_0/self_attention/query" in proc.stdout
+    assert "14 layers, 128 calibration tokens" in proc.stdout
+    assert (out / "config.json").is_file()
+    assert (out / "model.weights.h5").is_file()
+
+
+def test_inspect_lists_packed_layers(quantized):
+    _, out = quantized
+    proc = run_cli("inspect", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rows = [l.split() for l in proc.stdout.splitlines()
+            if l.split() and re.fullmatch(r"\d+x\d+", l.split()[1])]
+    assert len(rows) == 14
+    for _, shape, bits, group, packed, floats in rows:
+        out_dim, in_dim = map(int, shape.split("x"))
+        assert (bits, group) == ("4", "32")
+        assert int(floats) == out_dim * in_dim * 4
+        assert int(packed) < int(floats) / 4
+    assert "14 packed layers" in proc.stdout
+    assert "preset size:" in proc.stdout
+
+
+def test_eval_quiet_prints_perplexity_only(quantized, workdir):
+    _, out = quantized
+    proc = run_cli("eval", str(out), "--dataset",
+                   str(workdir / "heldout.npy"), "--seq-len", "32",
+                   "--max-tokens", "512", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert PROGRESS_BAR not in proc.stdout
+    match = re.search(r"perplexity: ([0-9.]+)", proc.stdout)
+    assert match and math.isfinite(float(match.group(1)))
+    assert 1.0 < float(match.group(1)) < 1e4
+
+
+def test_quantize_quiet_has_no_progress_or_report(workdir):
+    out = workdir / "gptq8"
+    proc = run_cli("quantize", str(workdir / "float"), "--out", str(out),
+                   "--dataset", str(workdir / "ids.npy"), "--samples", "2",
+                   "--seq-len", "16", "--bits", "8", "--group-size", "-1",
+                   "--act-order", "--symmetric", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert PROGRESS_BAR not in proc.stdout
+    assert "gptq err" not in proc.stdout
+    assert (out / "model.weights.h5").is_file()
+    assert cli.read_policies(str(out / "config.json"))[0] == {
+        path: (8, -1) for path in cli.read_policies(
+            str(out / "config.json"))[0]}
+
+
+def test_missing_preset_exits_1_without_traceback(tmp_path):
+    proc = run_cli("eval", str(tmp_path / "nope"), "--dataset", "bundled")
+    assert proc.returncode == 1
+    assert "keras-gptq: error: no such preset folder" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_usage_error_exits_2():
+    proc = run_cli("quantize", "some_folder", "--bits", "5")
+    assert proc.returncode == 2
+    assert "--out" in proc.stderr and "--bits" in proc.stderr
+
+
+@pytest.mark.parametrize("command", sorted(FLAGS))
+def test_help_documents_every_flag(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in FLAGS[command]:
+        assert flag in text, flag
+    parser = cli.build_parser()
+    sub = parser._subparsers._group_actions[0].choices[command]
+    for action in sub._actions:
+        assert action.help, action.dest
+
+
+def test_library_error_exits_1(workdir, capsys):
+    code = cli.main(["quantize", str(workdir / "float"), "--out",
+                     str(workdir / "unused"), "--dataset",
+                     str(workdir / "ids.npy"), "--samples", "0"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("keras-gptq: error: `num_samples` must be >= 1")
+    assert not (workdir / "unused").exists()
+
+
+def test_inspect_float_preset_is_an_error(workdir, capsys):
+    assert cli.main(["inspect", str(workdir / "float")]) == 1
+    assert "no keras_gptq packed layers" in capsys.readouterr().err
+
+
+def test_interrupt_exits_130(workdir, monkeypatch, capsys):
+    def interrupted(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "load_model", interrupted)
+    assert cli.main(["eval", str(workdir / "float")]) == 130
+
+
+def test_backend_switch_reexecutes(monkeypatch):
+    import keras
+    other = next(b for b in cli._BACKENDS if b != keras.config.backend())
+    calls = []
+    monkeypatch.delenv(cli._REEXEC_MARKER, raising=False)
+    monkeypatch.setattr(os, "execve", lambda *a: calls.append(a))
+    cli.select_backend(other, ["inspect", "x", "--backend", other])
+    (path, argv, env), = calls
+    assert argv[1:] == ["-m", "keras_gptq.cli", "inspect", "x",
+                        "--backend", other]
+    assert env["KERAS_BACKEND"] == other
+    monkeypatch.setenv(cli._REEXEC_MARKER, "1")
+    with pytest.raises(cli.CLIError):
+        cli.select_backend(other, [])
+    cli.select_backend(keras.config.backend(), [])  # no-op
