@@ -32,9 +32,6 @@ class CLIError(Exception):
     """An error the CLI reports as `keras-gptq: error: ...` (exit code 1)."""
 
 
-# --------------------------------------------------------------- parsing --
-
-
 def _common_parser():
     """Flags every subcommand accepts."""
     common = argparse.ArgumentParser(add_help=False)
@@ -144,9 +141,6 @@ def build_parser():
     return parser
 
 
-# --------------------------------------------------------------- helpers --
-
-
 def select_backend(backend, argv):
     """Makes Keras run on `backend`; re-executes the CLI if Keras is loaded.
 
@@ -219,9 +213,6 @@ def load_data(dataset, evaluation):
 def _tokenizer(model):
     preprocessor = getattr(model, "preprocessor", None)
     return getattr(preprocessor, "tokenizer", None)
-
-
-# -------------------------------------------------------------- commands --
 
 
 def quantize_command(args):
@@ -367,9 +358,6 @@ def inspect_command(args):
     print(f"preset size: {size} bytes; with these layers in {float_dtype}: "
           f"{as_float} bytes ({as_float / max(size, 1):.2f}x)")
     return 0
-
-
-# ------------------------------------------------------------------ main --
 
 
 def main(argv=None):
