@@ -24,16 +24,22 @@ install: $(VENV)/.installed
 demo: install
 	KERAS_BACKEND=jax $(PY) -m keras_gptq.demo $(DEMO_ARGS)
 
-# The whole test suite under each backend; any failure, or no test run
+# The fast suite under each backend, then the slow real-model tests (the
+# bundled SmolLM2-135M) under $(SLOW_BACKEND). Any failure, or no test run
 # (pytest exit code 5), fails the target.
+SLOW_BACKEND ?= jax
 test: install
 	@set -e; for b in $(BACKENDS); do \
-	  echo "=== KERAS_BACKEND=$$b ==="; \
-	  KERAS_BACKEND=$$b $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests; \
-	done
+	  echo "=== KERAS_BACKEND=$$b (fast) ==="; \
+	  KERAS_BACKEND=$$b $(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS) tests; \
+	done; \
+	echo "=== KERAS_BACKEND=$(SLOW_BACKEND) (slow: real model) ==="; \
+	KERAS_BACKEND=$(SLOW_BACKEND) $(PY) -m pytest -q -p no:cacheprovider -m slow $(PYTEST_ARGS) tests
 
 test-fast: install
-	$(MAKE) test PYTEST_ARGS='-m "not slow"'
+	@set -e; for b in $(BACKENDS); do \
+	  KERAS_BACKEND=$$b $(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS) tests; \
+	done
 
 benchmark: install
 	$(PY) benchmarks/solver_speed.py --backend all
