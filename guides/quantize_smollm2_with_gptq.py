@@ -293,9 +293,8 @@ gptq:  'Photosynthesis is the process by which the human body produces melanin, 
 
 A 135M-parameter model has little redundancy to spare: 4 bits cost it a
 quarter of its perplexity and visibly more repetitive, less factual
-continuations. More calibration data helps (the `keras_gptq.demo` command
-with `--samples 128` gets a lower perplexity), and larger models lose far
-less.
+continuations. More calibration data is the first knob to try, e.g.
+`num_samples=128` (or `python -m keras_gptq.demo --samples 128`).
 
 With `KERAS_GPTQ_GUIDE_QUICK=1` (8x128 calibration tokens, 2x256
 evaluation tokens, `max_length=24`) the same machine measured float 16.44
