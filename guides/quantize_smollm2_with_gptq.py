@@ -69,8 +69,7 @@ from keras_gptq import bundled
 """
 The sizes below are the ones the numbers in this guide were measured with.
 Set `KERAS_GPTQ_GUIDE_QUICK=1` to run everything with much smaller sizes
-(this is how `tests/test_guide.py` runs it: about 3.5 minutes on a busy
-2-core CPU).
+(this is how `tests/test_guide.py` runs it: 84 s on a quiet 2-core CPU).
 """
 
 QUICK = os.environ.get("KERAS_GPTQ_GUIDE_QUICK") == "1"
