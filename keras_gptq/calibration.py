@@ -14,8 +14,9 @@ import warnings
 import numpy as np
 
 # Tokenize at most this many times the tokens the windows need: enough
-# variety for the random windows without tokenizing a whole corpus.
-_TOKENS_HEADROOM = 4
+# variety for the random windows (a low bound such as 4x draws every window
+# from a corpus's first few documents) without tokenizing an endless stream.
+_TOKENS_HEADROOM = 64
 
 
 def _as_documents(dataset):
