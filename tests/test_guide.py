@@ -5,6 +5,10 @@ current `KERAS_BACKEND` with `KERAS_GPTQ_GUIDE_QUICK=1` (8x128 calibration
 tokens, 2x256 evaluation tokens, 24-token generations). It quantizes the
 real default model, generates before and after, saves and reloads the
 preset, and asserts the reloaded model generates the same text.
+
+Measured on a 2-core CPU: 84 s on JAX, 176 s on TensorFlow, 409 s on torch
+(eager generation and calibration); the torch run is skipped unless
+`KERAS_GPTQ_GUIDE_TORCH=1`.
 """
 
 import os
@@ -22,6 +26,9 @@ GUIDE = (pathlib.Path(__file__).resolve().parents[1] / "guides"
 
 @pytest.mark.slow
 def test_guide_runs_quick(tmp_path):
+    if (keras.config.backend() == "torch"
+            and os.environ.get("KERAS_GPTQ_GUIDE_TORCH") != "1"):
+        pytest.skip("about 7 minutes on torch; set KERAS_GPTQ_GUIDE_TORCH=1")
     env = dict(os.environ, KERAS_GPTQ_GUIDE_QUICK="1",
                KERAS_BACKEND=keras.config.backend(),
                TF_CPP_MIN_LOG_LEVEL="3", TMPDIR=str(tmp_path))
