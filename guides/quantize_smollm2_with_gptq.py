@@ -270,32 +270,28 @@ shutil.rmtree(os.path.dirname(preset_dir), ignore_errors=True)
 
 One run of this guide with its default sizes (32x256 calibration tokens,
 8x512 evaluation tokens, `max_length=48`) on JAX, CPU (2 cores), Keras
-3.15.1, KerasHub 0.32.0: 138 s from start to end, of which 57 s quantizing.
+3.15.1, KerasHub 0.32.0; quantizing took 57 s.
 
 | | float | GPTQ 4-bit, group 128, act-order |
 |---|---|---|
-| perplexity (8x512 Wikipedia tokens) | 16.64 | 20.82 (+25.1%) |
-| preset on disk | 515 MB (converted folder) | 166 MB |
+| perplexity (8x512 Wikipedia tokens) | 16.64 | 20.52 (+23.3%) |
+| on disk | 515 MB (converted folder) | 166 MB (preset) |
 
-GPTQ's output error was a median 0.29 of RTN's on the same grid over the
-210 layers (worst 0.61), and the reloaded preset generated the same text as
+GPTQ's output error was a median 0.30 of RTN's on the same grid over the
+210 layers (worst 0.62), and the reloaded preset generated the same text as
 the in-memory model. Greedy generation:
 
 ```
 'The capital of France is'
 float: 'The capital of France is Paris.\n\nThe capital of the United States is New York City.\n\nThe capital of Australia is Sydney.\n\nThe capital of the United Kingdom is London.\n\nThe capital of Canada is'
-gptq:  'The capital of France is Paris.\n\nThe answer is 18.\n\nThe answer is 18.\n\nThe answer is 18.\n\nThe answer is 18.\n\nThe answer'
+gptq:  'The capital of France is Paris.\n\nThe city\'s motto is "La femme" (The Mother) and is inscribed on the façade of the Eiffel Tower.\n\nThe city\'s motto is also inscribed on the E'
 'Photosynthesis is the process by which'
 float: 'Photosynthesis is the process by which a living being transforms its energy into a new form. This process is called cellular respiration. Cellular respiration is a metabolic process that occurs within cells, where energy is converted from glucose to produce ATP (ad'
-gptq:  'Photosynthesis is the process by which the human body produces melanin, which is responsible for the appearance of the skin, and the process of melanin is also responsible for the appearance of the eyes. However, melanin is also responsible for the appearance'
+gptq:  "Photosynthesis is the process by which the universe is changing, and it is a fundamental aspect of the universe's existence.\n\nThe universe is changing, and it is a fundamental aspect of the universe's existence.\n\nThis is"
 ```
 
-A 135M-parameter model has little redundancy to spare: 4 bits cost it a
-quarter of its perplexity and visibly more repetitive, less factual
-continuations. More calibration data is the first knob to try, e.g.
-`num_samples=128` (or `python -m keras_gptq.demo --samples 128`).
-
-With `KERAS_GPTQ_GUIDE_QUICK=1` (8x128 calibration tokens, 2x256
-evaluation tokens, `max_length=24`) the same machine measured float 16.44
-and GPTQ 22.54 (+37.1%) in 202 s while other jobs were loading it.
+A 135M-parameter model has little redundancy to spare: 4 bits cost it
+almost a quarter of its perplexity and give visibly less factual, more
+repetitive continuations. More calibration data is the first knob to try,
+e.g. `num_samples=128` (or `python -m keras_gptq.demo --samples 128`).
 """
