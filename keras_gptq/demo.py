@@ -21,27 +21,7 @@ import numpy as np
 
 import keras_gptq
 from keras_gptq import bundled
-from keras_gptq import grid
-from keras_gptq import layout
-from keras_gptq import solver
-
-
-def _rtn_in_place(model, bits, group_size):
-    """Applies round-to-nearest to every block layer; returns the originals."""
-    originals = []
-    for block in model.backbone.transformer_layers:
-        for layer in block._flatten_layers():
-            if not isinstance(layer, (keras.layers.Dense,
-                                      keras.layers.EinsumDense)):
-                continue
-            lay = layout.layer_layout(layer)
-            kernel = keras.ops.convert_to_numpy(layer._kernel)
-            W = lay.kernel_to_matrix(kernel)
-            Q = solver.dequantize(*grid.rtn_quantize(W, bits, group_size,
-                                                     False))
-            originals.append((layer, kernel))
-            layer._kernel.assign(lay.matrix_to_kernel(Q))
-    return originals
+from keras_gptq import pipeline
 
 
 def _dir_mb(path):
@@ -100,7 +80,7 @@ def main(argv=None):
         max_tokens=eval_tokens, verbose=False)
     results = {"float": ppl(model)}
     print(f"float perplexity {results['float']:.2f}", flush=True)
-    originals = _rtn_in_place(model, args.bits, args.group_size)
+    originals = pipeline.rtn_in_place(model, args.bits, args.group_size)
     results["rtn"] = ppl(model)
     print(f"RTN perplexity {results['rtn']:.2f}", flush=True)
     for layer, kernel in originals:

@@ -17,6 +17,7 @@ import numpy as np
 
 from keras_gptq import calibration
 from keras_gptq import capture
+from keras_gptq import grid
 from keras_gptq import layout as layout_lib
 from keras_gptq import report as report_lib
 from keras_gptq import solver
@@ -273,6 +274,34 @@ def _walk(model, blocks, targets, batches, config, verbose, originals,
         calls = capture.run_block(block, calls)
         if bar is not None:
             bar.update(index + 1)
+
+
+def rtn_in_place(model, bits, group_size, symmetric=False):
+    """Round-to-nearest baseline: puts RTN-rounded float weights in place.
+
+    Every Dense/EinsumDense layer of the model's blocks (as
+    `model.get_quantization_layer_structure("gptq")` lists them) gets the
+    weights plain rounding on the same grid would give; the layers stay
+    float, so the baseline runs and evaluates like the original model.
+
+    Args:
+        model: a built model with a block structure (a KerasHub CausalLM).
+        bits, group_size, symmetric: the grid, as in `GPTQConfig`.
+
+    Returns:
+        `[(layer, float_kernel)]`: assign each kernel back to undo.
+    """
+    originals = []
+    for block in model.get_quantization_layer_structure("gptq")[
+            "sequential_blocks"]:
+        for layer in _targets(block, None):
+            lay = layout_lib.layer_layout(layer)
+            kernel = keras.ops.convert_to_numpy(layer._kernel)
+            Q = solver.dequantize(*grid.rtn_quantize(
+                lay.kernel_to_matrix(kernel), bits, group_size, symmetric))
+            originals.append((layer, kernel))
+            layer._kernel.assign(lay.matrix_to_kernel(Q))
+    return originals
 
 
 def _reset_compiled_functions(model):

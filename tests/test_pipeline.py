@@ -5,8 +5,6 @@ import numpy as np
 import pytest
 
 import keras_gptq
-from keras_gptq import grid
-from keras_gptq import layout
 from keras_gptq import pipeline
 from keras_gptq import solver
 from keras_gptq import storage
@@ -29,14 +27,6 @@ def _targets(model):
             if isinstance(l, (keras.layers.Dense, keras.layers.EinsumDense))]
 
 
-def _apply_rtn(model, bits, group_size):
-    for layer in _targets(model):
-        lay = layout.layer_layout(layer)
-        W = lay.kernel_to_matrix(keras.ops.convert_to_numpy(layer._kernel))
-        Q = solver.dequantize(*grid.rtn_quantize(W, bits, group_size, False))
-        layer._kernel.assign(lay.matrix_to_kernel(Q))
-
-
 def _snapshot(model):
     return [(v.path, np.array(keras.ops.convert_to_numpy(v)))
             for v in model.weights]
@@ -49,7 +39,7 @@ def test_gptq_output_error_clearly_below_rtn(family, calibration_tokens,
     # used, so GPTQ must beat round-to-nearest on held-out tokens.
     reference = logits(build_causal_lm(family), heldout_tokens)
     rtn_model = build_causal_lm(family)
-    _apply_rtn(rtn_model, 3, 16)
+    pipeline.rtn_in_place(rtn_model, 3, 16)
     rtn_error = np.mean((logits(rtn_model, heldout_tokens) - reference) ** 2)
 
     model = build_causal_lm(family)
@@ -88,7 +78,7 @@ def test_options_run_and_beat_rtn(options, calibration_tokens,
     group = options.get("group_size", 16)
     reference = logits(build_causal_lm("llama3"), heldout_tokens)
     rtn_model = build_causal_lm("llama3")
-    _apply_rtn(rtn_model, bits, group)
+    pipeline.rtn_in_place(rtn_model, bits, group)
     rtn_error = np.mean((logits(rtn_model, heldout_tokens) - reference) ** 2)
     model = build_causal_lm("llama3")
     keras_gptq.quantize(model, _config(calibration_tokens, **options),

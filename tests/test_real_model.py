@@ -12,7 +12,7 @@ import pytest
 
 import keras_gptq
 from keras_gptq import bundled
-from keras_gptq.demo import _rtn_in_place
+from keras_gptq.pipeline import rtn_in_place
 
 BITS, GROUP = 4, 128
 CALIBRATION_WINDOWS, CALIBRATION_LENGTH = 16, 256
@@ -31,7 +31,7 @@ def test_gptq_beats_rtn_on_smollm2():
             max_tokens=EVAL_WINDOWS * EVAL_LENGTH + 1)
 
     float_ppl = perplexity()
-    originals = _rtn_in_place(model, BITS, GROUP)
+    originals = rtn_in_place(model, BITS, GROUP)
     rtn_ppl = perplexity()
     for layer, kernel in originals:
         layer._kernel.assign(kernel)
