@@ -304,6 +304,38 @@ def rtn_in_place(model, bits, group_size, symmetric=False):
     return originals
 
 
+def rtn_packed(model, bits, group_size, symmetric=False):
+    """Round-to-nearest baseline stored exactly as GPTQ results are.
+
+    Like `rtn_in_place`, but each layer gets packed storage (the format
+    `quantize` writes), so the baseline's size, memory and speed can be
+    measured beside GPTQ's. All or nothing: on any error every layer is
+    put back.
+
+    Args:
+        model: a built model with a block structure (a KerasHub CausalLM).
+        bits, group_size, symmetric: the grid, as in `GPTQConfig`.
+    """
+    written = []
+    try:
+        for block in model.get_quantization_layer_structure("gptq")[
+                "sequential_blocks"]:
+            for layer in _targets(block, None):
+                lay = layout_lib.layer_layout(layer)
+                W = lay.kernel_to_matrix(
+                    keras.ops.convert_to_numpy(layer._kernel))
+                result = solver.SolverResult(
+                    *grid.rtn_quantize(W, bits, group_size, symmetric),
+                    damping=0.0)
+                written.append((layer, storage.write_packed(
+                    layer, result, bits, group_size)))
+    except BaseException:
+        for layer, token in reversed(written):
+            storage.restore_float(layer, token)
+        raise
+    _reset_compiled_functions(model)
+
+
 def _reset_compiled_functions(model):
     for name in ("train_function", "test_function", "predict_function",
                  "generate_function"):

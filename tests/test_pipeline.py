@@ -234,3 +234,37 @@ def test_bfloat16_model_quantizes(calibration_tokens, heldout_tokens):
     out = logits(model, heldout_tokens)
     assert np.all(np.isfinite(out))
     assert all(storage.is_packed(l) for l in _targets(model))
+
+
+def test_rtn_packed_matches_rtn_in_place(heldout_tokens):
+    # The packed RTN baseline (used by benchmarks/seed_table.py to measure
+    # size and speed) must compute exactly what the float RTN baseline does.
+    float_rtn = build_causal_lm("llama3")
+    pipeline.rtn_in_place(float_rtn, 4, 16)
+    packed_rtn = build_causal_lm("llama3")
+    pipeline.rtn_packed(packed_rtn, 4, 16)
+    assert all(storage.is_packed(l) for l in _targets(packed_rtn))
+    expected = logits(float_rtn, heldout_tokens)
+    np.testing.assert_allclose(logits(packed_rtn, heldout_tokens), expected,
+                               atol=1e-5 * np.abs(expected).max())
+
+
+def test_rtn_packed_rolls_back_on_failure(monkeypatch, heldout_tokens):
+    model = build_causal_lm("llama3")
+    before = _snapshot(model)
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("injected")
+        return original(*args, **kwargs)
+
+    original = storage.write_packed
+    monkeypatch.setattr(storage, "write_packed", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        pipeline.rtn_packed(model, 4, 16)
+    after = _snapshot(model)
+    assert [p for p, _ in after] == [p for p, _ in before]
+    for (_, a), (_, b) in zip(after, before):
+        np.testing.assert_array_equal(a, b)
