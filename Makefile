@@ -6,7 +6,7 @@ BACKENDS ?= jax tensorflow torch
 PYTEST_ARGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: install demo test test-fast test-slow benchmark clean
+.PHONY: install demo test test-fast test-slow benchmark seed-table clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ test-fast: install
 
 benchmark: install
 	$(PY) benchmarks/solver_speed.py --backend all
+
+# The seed guide's table on the default model, every method side by side
+# (Keras's built-in GPTQ row alone takes about 25 minutes on 2 cores).
+seed-table: install
+	$(PY) -m pip install -q matplotlib
+	KERAS_BACKEND=jax $(PY) benchmarks/seed_table.py $(SEED_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
