@@ -5,8 +5,11 @@ Each variant reloads the float model, quantizes it with keras_gptq (4-bit,
 variant says otherwise) and prints the perplexity on the first 8 x 512
 tokens of the bundled evaluation text, and the quantization time.
 
-Usage: KERAS_BACKEND=jax python benchmarks/gptq_variants.py
+Usage: KERAS_BACKEND=jax python benchmarks/gptq_variants.py [--only N,M]
+(--only: 0-based indices into VARIANTS).
 """
+
+import argparse
 
 import time
 
@@ -21,19 +24,35 @@ VARIANTS = [
     ("act-order, damping 0.1", dict(activation_order=True,
                                     hessian_damping=0.1)),
     ("act-order, group 64", dict(activation_order=True, group_size=64)),
+    ("act-order + static groups", dict(activation_order=True,
+                                       static_groups=True)),
+    ("act-order + mse range search", dict(activation_order=True, mse=True)),
+    ("act-order + true_sequential + mse, 128 x 256 tokens",
+     dict(activation_order=True, true_sequential=True, mse=True,
+          num_samples=128)),
+    ("act-order, 64 x 512 tokens", dict(activation_order=True,
+                                        num_samples=64, sequence_length=512)),
 ]
 
 
 def main():
     """Runs every variant and prints one line each."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=None,
+                        help="comma-separated indices into VARIANTS")
+    args = parser.parse_args()
+    chosen = range(len(VARIANTS)) if args.only is None else [
+        int(i) for i in args.only.split(",")]
     evaluation = bundled.evaluation_texts()
     calibration = bundled.calibration_texts()
-    for name, options in VARIANTS:
+    for index in chosen:
+        name, options = VARIANTS[index]
         model = bundled.load_default_model()
         tokenizer = model.preprocessor.tokenizer
+        settings = dict(num_samples=32, sequence_length=256)
+        settings.update(options)
         config = keras_gptq.GPTQConfig(
-            dataset=calibration, tokenizer=tokenizer, num_samples=32,
-            sequence_length=256, **options)
+            dataset=calibration, tokenizer=tokenizer, **settings)
         start = time.perf_counter()
         keras_gptq.quantize(model, config, verbose=False)
         seconds = time.perf_counter() - start

@@ -75,6 +75,15 @@ def unpack(packed, bits, columns, xp=np):
     if bits == 8:
         return cast(packed)[:, :columns]
     rows = packed.shape[0]
+    if 8 % bits == 0:  # 2 and 4 bits: whole levels per byte, low bits first
+        mask = (1 << bits) - 1
+        if xp is ops:
+            parts = [ops.bitwise_and(ops.right_shift(packed, bits * i), mask)
+                     for i in range(8 // bits)]
+        else:
+            parts = [(packed >> (bits * i)) & mask for i in range(8 // bits)]
+        levels = xp.reshape(xp.stack(parts, axis=-1), (rows, -1))
+        return cast(levels[:, :columns])
     groups = xp.reshape(cast(packed), (rows, -1, bits))
     mask = (1 << bits) - 1
     values = []
