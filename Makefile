@@ -47,7 +47,6 @@ benchmark: install
 # The seed guide's table on the default model, every method side by side
 # (Keras's built-in GPTQ row alone takes about 25 minutes on 2 cores).
 seed-table: install
-	$(PY) -m pip install -q matplotlib
 	KERAS_BACKEND=jax $(PY) benchmarks/seed_table.py $(SEED_ARGS)
 
 clean:
