@@ -149,7 +149,8 @@ def worker(method, result_path, args):
     gc.collect()
     out = {"method": method, "load_s": load_s, "quant_s": quant_s,
            "peak_rss_mb": _peak_rss_mb(), "weights_mb": _weights_mb(model),
-           "backend": keras.config.backend()}
+           "backend": keras.config.backend(),
+           "load_avg": os.getloadavg()[0]}
     out["perplexity"] = keras_gptq.evaluate_perplexity(
         model, bundled.evaluation_texts(), model.preprocessor.tokenizer,
         sequence_length=512, max_tokens=512 * args.eval_windows + 1)
@@ -211,20 +212,22 @@ def render(rows, args):
         f"calls after a compiling one; throughput over {args.new_tokens} "
         "new tokens. Memory: bytes of the model's variables. Disk: "
         "`save_to_preset` folder. Peak RSS: loading + quantizing, one fresh "
-        "process per method. The float weights come from a Q4_1 GGUF "
+        "process per method; 'load' is the machine's 1-minute load average "
+        "when quantization ended (2 cores: above 2 means shared CPU and "
+        "inflated times). The float weights come from a Q4_1 GGUF "
         "(blocks of 32), so they already sit on a 4-bit grid; group 128 "
         "does not align with it.",
         "",
         "| method | perplexity | ppl increase | disk | disk change | "
         "weights in memory | memory change | first token (ms) | latency "
         "change | decode (tok/s) | throughput change | quantize (s) | "
-        "peak RSS (MB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "peak RSS (MB) | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {LABELS[r['method']]} | failed (exit "
-                         f"{r['error']}) |" + " |" * 11)
+                         f"{r['error']}) |" + " |" * 12)
             continue
         lines.append(
             f"| {LABELS[r['method']]} | {r['perplexity']:.2f} | "
@@ -236,7 +239,8 @@ def render(rows, args):
             f"{_pct(r['first_token_s'], base['first_token_s'])} | "
             f"{r['decode_tok_s']:.1f} | "
             f"{_pct(r['decode_tok_s'], base['decode_tok_s'])} | "
-            f"{r['quant_s']:.0f} | {r['peak_rss_mb']:.0f} |")
+            f"{r['quant_s']:.0f} | {r['peak_rss_mb']:.0f} | "
+            f"{r.get('load_avg', float('nan')):.1f} |")
     lines += ["", "## Greedy generations", ""]
     for i, prompt in enumerate(PROMPTS):
         lines += [f"Prompt: `{prompt}`", "", "| method | output |",

@@ -21,7 +21,7 @@ def _row(method, ppl, mb, first, tps, quant=0.0):
     return {"method": method, "perplexity": ppl, "preset_mb": mb,
             "weights_mb": mb - 2, "first_token_s": first,
             "decode_tok_s": tps, "quant_s": quant, "peak_rss_mb": 2000.0,
-            "backend": "jax", "generations": [f"{method} a", f"{method} b"]}
+            "backend": "jax", "load_avg": 1.0, "generations": [f"{method} a", f"{method} b"]}
 
 
 ROWS = [_row("float", 20.0, 502.0, 0.100, 40.0),
@@ -36,7 +36,8 @@ def test_render_gives_changes_against_float():
                 if l.startswith("| keras_gptq GPTQ 4-bit g128 |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[1:5] == ["22.00", "+10.0%", "152 MB", "-69.7%"]
-    assert cells[7:13] == ["150", "+50.0%", "30.0", "-25.0%", "60", "2000"]
+    assert cells[7:14] == ["150", "+50.0%", "30.0", "-25.0%", "60", "2000",
+                         "1.0"]
     assert "| Keras built-in GPTQ 4-bit g128 | failed (exit 1) |" in page
     assert "| float32 | float a |" in page and "| float32 | float b |" in page
 
