@@ -202,7 +202,7 @@ def export_hf(model, folder, checkpoint_format="gptq", damp_percent=0.01,
     ```
     """
     family = hf_models.family_of_model(model)
-    folder = os.path.abspath(folder)
+    folder = os.path.abspath(os.fspath(folder))
     _check_target(folder, overwrite)
     tensors, qconfig, modules = _quantized_tensors(model, family,
                                                    checkpoint_format)

@@ -147,6 +147,7 @@ def load_hf_gptq(folder, dtype=None):
     model.generate("The capital of France is", max_length=20)
     ```
     """
+    folder = os.fspath(folder)
     config = _read_json(folder, "config.json")
     if config is None:
         raise FileNotFoundError(f"{folder!r} has no config.json.")
