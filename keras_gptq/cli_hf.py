@@ -24,9 +24,8 @@ def add_parsers(subparsers, common):
                    help="folder to write the Hugging Face checkpoint to.")
     p.add_argument("--format", default="gptq",
                    choices=("gptq", "gptq_v2", "auto"),
-                   help="checkpoint_format: gptq (v1, default, widest "
-                        "support), gptq_v2, or auto (v1 unless a zero point "
-                        "is 0).")
+                   help="checkpoint_format: gptq (v1, default), gptq_v2, or "
+                        "auto (v1 for symmetric, v2 for asymmetric grids).")
     p.add_argument("--overwrite", action="store_true",
                    help="replace DIR if it is not empty.")
     p.set_defaults(command=export_hf_command)

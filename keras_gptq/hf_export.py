@@ -63,13 +63,21 @@ def _is_trivial(g_idx, group_size):
 
 
 def _choose_format(checkpoint_format, arrays):
+    """`"auto"`: v1 for symmetric grids (every consumer reads it), v2 for
+    asymmetric ones (GPTQModel and transformers refuse asymmetric v1 files
+    that GPTQModel did not write)."""
     if checkpoint_format not in _FORMATS:
         raise ValueError(f"checkpoint_format must be one of {_FORMATS}, got "
                          f"{checkpoint_format!r}.")
     if checkpoint_format != "auto":
         return checkpoint_format
-    zero_free = all(a[2].min() >= 1 for a in arrays.values())
-    return "gptq" if zero_free else "gptq_v2"
+    return "gptq" if _symmetric(arrays) else "gptq_v2"
+
+
+def _symmetric(arrays):
+    """True when every zero point is the middle level (a symmetric grid)."""
+    bits = {a[0] for a in arrays.values()}.pop()
+    return all(np.all(a[3] == 1 << (bits - 1)) for a in arrays.values())
 
 
 def _quantized_tensors(model, family, checkpoint_format):
@@ -77,7 +85,8 @@ def _quantized_tensors(model, family, checkpoint_format):
     modules = family.linear_modules(model.backbone)
     arrays, settings = {}, set()
     for name, layers in modules.items():
-        bits, group_size, arrays[name] = _module_arrays(name, layers)
+        bits, group_size, module = _module_arrays(name, layers)
+        arrays[name] = (bits, *module)
         settings.add((bits, group_size))
     if len(settings) != 1:
         raise ValueError(
@@ -86,17 +95,17 @@ def _quantized_tensors(model, family, checkpoint_format):
     (bits, group_size), = settings
     fmt = _choose_format(checkpoint_format, arrays)
     tensors = {}
-    for name, (q, scale, zero, g_idx) in arrays.items():
+    for name, (_, q, scale, zero, g_idx) in arrays.items():
         try:
             packed = hf_format.to_hf(q, scale, zero, g_idx, bits, fmt)
         except hf_format.UnsupportedCheckpointError as err:
             raise hf_format.UnsupportedCheckpointError(f"{name}: {err}") from None
         tensors.update({f"{name}.{k}": v for k, v in packed.items()})
-    half = 1 << (bits - 1)
     config = dict(
         bits=bits, group_size=group_size, checkpoint_format=fmt,
-        desc_act=not all(_is_trivial(a[3], group_size) for a in arrays.values()),
-        sym=all(np.all(a[2] == half) for a in arrays.values()))
+        desc_act=not all(_is_trivial(a[4], group_size)
+                         for a in arrays.values()),
+        sym=_symmetric(arrays))
     return tensors, config, set(modules)
 
 
@@ -175,10 +184,12 @@ def export_hf(model, folder, checkpoint_format="gptq", damp_percent=0.01,
         model: a `Llama3CausalLM` or `GPT2CausalLM` whose transformer blocks
             were quantized by `keras_gptq.quantize` (one bits/group size).
         folder: the output folder.
-        checkpoint_format: `"gptq"` (v1: widest support, stores zero - 1;
-            refused when a zero point is 0, possible only with asymmetric
-            grids), `"gptq_v2"` (true zeros; GPTQModel, transformers) or
-            `"auto"` (v1 when possible, else v2).
+        checkpoint_format: `"gptq"` (v1: stores zero - 1; read by vLLM,
+            transformers and GPTQModel, which however refuse *asymmetric*
+            v1 files not written by GPTQModel; refused here when a zero
+            point is 0), `"gptq_v2"` (true zeros; GPTQModel, transformers,
+            vLLM versions that read gptq_v2) or `"auto"` (v1 for symmetric
+            grids, v2 for asymmetric ones).
         damp_percent, true_sequential: recorded in the config (the format
             keeps them as metadata; they do not change loading).
         overwrite: replace a non-empty `folder`.
