@@ -340,3 +340,39 @@ def test_exported_module_names_follow_transformers(tmp_path):
     assert llama["model.layers.0.self_attn.k_proj.qweight"].shape == (8, 32)
     assert {"model.embed_tokens.weight", "model.norm.weight",
             "lm_head.weight"} <= set(llama)
+
+
+# -------------------------------------------------- the real default --
+
+@pytest.mark.slow
+def test_smollm2_exports_and_imports_exactly(tmp_path):
+    """The bundled SmolLM2-135M, round-to-nearest 4-bit (group 64, sym,
+    float16 scales) in keras_gptq storage: export → import is exact, and
+    the tokenizer travels with it."""
+    import types
+
+    from hf_helpers import block_layers
+    from keras_gptq import bundled
+    from keras_gptq import grid
+    from keras_gptq import layout
+    from keras_gptq import storage
+
+    model = bundled.load_default_model()
+    for layer in block_layers(model):
+        lay = layout.layer_layout(layer)
+        q, scale, zero, g_idx = grid.rtn_quantize(lay.kernel_to_matrix(
+            keras.ops.convert_to_numpy(layer._kernel)), 4, 64, True)
+        storage.write_packed(layer, types.SimpleNamespace(
+            q=q, scale=scale.astype(np.float16).astype(np.float32),
+            zero=zero, g_idx=g_idx), 4, 64)
+    keras_gptq.export_hf(model, tmp_path / "hf")
+    config, tensors = read_folder(tmp_path / "hf")
+    assert config["tie_word_embeddings"] and "lm_head.weight" not in tensors
+    assert len(quantized_modules(tensors)) == 30 * 7
+    again = keras_gptq.load_hf_gptq(tmp_path / "hf")
+    text = "The capital of France is Paris."
+    tokens = np.asarray(again.preprocessor.tokenizer(text))
+    np.testing.assert_array_equal(
+        tokens, np.asarray(model.preprocessor.tokenizer(text)))
+    ids = tokens[None, :].astype(np.int32)
+    np.testing.assert_array_equal(logits(again, ids), logits(model, ids))
