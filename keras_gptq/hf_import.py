@@ -13,7 +13,6 @@ import os
 import types
 
 import keras_hub
-from keras_hub.src.utils.transformers import safetensor_utils
 
 from keras_gptq import hf_format
 from keras_gptq import hf_models
@@ -51,11 +50,11 @@ class _Tensors:
             name in self._where) else None
 
 
-class _FloatLoader(safetensor_utils.SafetensorLoader):
-    """KerasHub's loader, skipping the weights of quantized modules."""
+class _FloatLoader:
+    """What KerasHub's converters call on their `SafetensorLoader`
+    (`port_weight`), skipping the weights of quantized modules."""
 
-    def __init__(self, folder, tensors, quantized):
-        super().__init__(folder)
+    def __init__(self, tensors, quantized):
         self._tensors, self._quantized = tensors, quantized
 
     def port_weight(self, keras_variable, hf_weight_key, hook_fn=None):
@@ -64,7 +63,10 @@ class _FloatLoader(safetensor_utils.SafetensorLoader):
                 m == module or m.endswith("." + module)
                 for m in self._quantized):
             return  # filled by write_packed
-        super().port_weight(keras_variable, hf_weight_key, hook_fn)
+        tensor = self.get_tensor(hf_weight_key)
+        if hook_fn:
+            tensor = hook_fn(tensor, list(keras_variable.shape))
+        keras_variable.assign(tensor)
 
     def get_tensor(self, hf_weight_key):
         """One tensor, looked up across all of the folder's files."""
@@ -160,8 +162,8 @@ def load_hf_gptq(folder, dtype=None):
                             dtype=dtype)
     modules = family.linear_modules(backbone)
     quantized = {name for name in modules if f"{name}.qweight" in tensors.keys()}
-    with _FloatLoader(folder, tensors, quantized) as loader:
-        hf_models.converter(family).convert_weights(backbone, loader, config)
+    hf_models.converter(family).convert_weights(
+        backbone, _FloatLoader(tensors, quantized), config)
     for name in sorted(quantized):
         _write_module(name, modules[name], tensors, bits, group_size, fmt)
     cls = getattr(keras_hub.models, family.causal_lm)
