@@ -14,6 +14,8 @@ Examples:
 keras-gptq quantize default --out smollm2-gptq --act-order --backend jax
 keras-gptq eval smollm2-gptq --max-tokens 20000
 keras-gptq inspect smollm2-gptq
+keras-gptq export-hf smollm2-gptq --out smollm2-gptq-hf
+keras-gptq import-hf smollm2-gptq-hf --out smollm2-gptq-again
 ```
 """
 
@@ -138,6 +140,8 @@ def build_parser():
     _add_quantize_parser(subparsers, common)
     _add_eval_parser(subparsers, common)
     _add_inspect_parser(subparsers, common)
+    from keras_gptq import cli_hf  # export-hf, import-hf
+    cli_hf.add_parsers(subparsers, common)
     return parser
 
 
