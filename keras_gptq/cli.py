@@ -236,13 +236,14 @@ def quantize_command(args):
 
 def eval_command(args):
     """`keras-gptq eval`: prints a model's perplexity."""
+    import keras
     import keras_gptq
     model = load_model(args.preset)
     perplexity = keras_gptq.evaluate_perplexity(
         model, load_data(args.dataset, evaluation=True),
         tokenizer=_tokenizer(model), sequence_length=args.seq_len,
         max_tokens=args.max_tokens, verbose=not args.quiet)
-    print(f"perplexity: {perplexity:.4f}")
+    print(f"perplexity: {perplexity:.4f} (backend {keras.config.backend()})")
     return 0
 
 

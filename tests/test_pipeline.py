@@ -1,5 +1,7 @@
 """Model-level behaviour of `keras_gptq.quantize` on tiny KerasHub models."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -151,6 +153,40 @@ def test_failure_leaves_model_exactly_as_it_was(failure, where, monkeypatch,
         np.testing.assert_array_equal(a, b, err_msg=path)
     assert all(l.quantization_mode is None for l in _targets(model))
     np.testing.assert_array_equal(logits(model, heldout_tokens), outputs)
+
+
+ETA_BAR = r"{what}: 100%\|[^|\r\n]*\| (\d+)/\1 \[\d\d:\d\d<\d\d:\d\d"
+
+
+def test_verbose_shows_calibration_block_and_layer_bars(capsys,
+                                                        calibration_tokens):
+    keras_gptq.quantize(build_causal_lm("llama3"),
+                        _config(calibration_tokens), verbose=True)
+    err = capsys.readouterr().err
+    for what, count in (("calibration", 4), ("blocks", 2), ("layers", 14)):
+        match = re.search(ETA_BAR.format(what=what), err)
+        assert match and int(match.group(1)) == count, (what, err[-2000:])
+    assert "self_attention/query" in err  # the layer being solved
+
+
+def test_not_verbose_prints_nothing(capsys, calibration_tokens):
+    keras_gptq.quantize(build_causal_lm("llama3"),
+                        _config(calibration_tokens), verbose=False)
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_same_seed_gives_identical_integers(calibration_tokens):
+    runs = []
+    for _ in range(2):
+        model = build_causal_lm("llama3")
+        keras_gptq.quantize(model, _config(calibration_tokens,
+                                           activation_order=True),
+                            verbose=False)
+        runs.append([keras.ops.convert_to_numpy(l.quantized_kernel)
+                     for l in _targets(model)])
+    for first, second in zip(*runs):
+        np.testing.assert_array_equal(first, second)
 
 
 def test_filters_select_layers(calibration_tokens):
