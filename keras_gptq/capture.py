@@ -178,7 +178,8 @@ class HessianAccumulator:
         if count == 0:
             return
         total = self.tokens + count
-        update = rows.T @ rows
+        with np.errstate(invalid="ignore", over="ignore"):  # checked later
+            update = rows.T @ rows
         self._H = self._H * (self.tokens / total) + update * (2.0 / total)
         self.tokens = total
 

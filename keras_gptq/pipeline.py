@@ -157,7 +157,10 @@ def _solve_layer(layer, H, config):
         keras.ops.cast(layer._kernel, "float32"))
     W = lay.kernel_to_matrix(kernel)
     if not np.all(np.isfinite(W)):
-        raise ValueError(f"Layer {layer.path!r} has NaN or Inf weights.")
+        raise ValueError(
+            f"Layer {layer.path!r} has NaN or Inf weights: the float model "
+            "is broken before quantization. Check the checkpoint it was "
+            "loaded from (and its dtype: float16 overflows easily).")
     if not np.all(np.isfinite(H)):
         raise ValueError(
             f"The calibration activations reaching {layer.path!r} contain "

@@ -70,6 +70,11 @@ def test_inspect_lists_packed_layers(quantized):
     rows = [l.split() for l in proc.stdout.splitlines()
             if l.split() and re.fullmatch(r"\d+x\d+", l.split()[1])]
     assert len(rows) == 14
+    names = [row[0] for row in rows]
+    assert not any(part.startswith("_") for n in names for part in n.split("/"))
+    assert "llama_transformer_decoder/self_attention_layer/query_dense" in names
+    assert names.index("llama_transformer_decoder/feedforward_output_dense") < (
+        names.index("llama_transformer_decoder_1/feedforward_gate_dense"))
     for _, shape, bits, group, packed, floats in rows:
         out_dim, in_dim = map(int, shape.split("x"))
         assert (bits, group) == ("4", "32")
