@@ -8,12 +8,14 @@ Public API:
     load_hf_gptq(folder): load a Hugging Face GPTQ folder as a CausalLM.
 
 Importing this package also routes `model.quantize("gptq", config=...)` with
-a `keras_gptq.GPTQConfig` to `quantize`, and registers the storage that lets
-`from_preset` reload keras_gptq presets (see `keras_gptq.storage`).
+a `keras_gptq.GPTQConfig` to `quantize`, registers the storage that lets
+`from_preset` reload keras_gptq presets (see `keras_gptq.storage`), and makes
+`save_to_preset` all-or-nothing (see `keras_gptq.saving`).
 """
 
 from keras_gptq import integration as _integration  # noqa: F401
 from keras_gptq import presets as _presets  # noqa: F401
+from keras_gptq import saving as _saving  # noqa: F401
 from keras_gptq import storage as _storage  # noqa: F401
 from keras_gptq.config import GPTQConfig
 from keras_gptq.evaluation import evaluate_perplexity

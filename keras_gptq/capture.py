@@ -5,8 +5,11 @@
   masks, positions), as the reference's `Catcher` does.
 - `record_layer_inputs` wraps the target layers of a block while it runs
   and hands each input (flattened to `[tokens, in]`) to a callback.
-- `HessianAccumulator` keeps `H = 2/N sum x x^T` in float32 with
-  `keras.ops`, streaming over calibration batches.
+- `HessianAccumulator` keeps `H = 2/N sum x x^T` in float32 with numpy,
+  streaming over calibration batches. numpy, not `keras.ops`: the same
+  inputs then give the same H, bit for bit, on every backend, and that
+  matters: with act-order a one-ulp difference in H can swap two near-tied
+  columns and change a few percent of a layer's integers.
 
 Forward passes run eagerly and, on torch, under `torch.no_grad()`.
 """
@@ -75,13 +78,14 @@ def forward_model(model):
     return getattr(model, "backbone", None) or model
 
 
-def catch_block_inputs(model, block, batches):
+def catch_block_inputs(model, block, batches, on_batch=None):
     """Runs `model` on each batch and keeps the arguments `block` receives.
 
     Args:
         model: the model (or backbone) to run.
         block: the first block to be quantized.
         batches: iterable of `[batch, seq]` int32 token arrays.
+        on_batch: optional callable, called after each batch (progress).
 
     Returns:
         A list, one per batch, of `(args, kwargs)` as passed to `block`.
@@ -110,6 +114,8 @@ def catch_block_inputs(model, block, batches):
                     "`quantization_layer_structure['sequential_blocks']`: "
                     "its blocks must be layers the model runs."
                 )
+            if on_batch is not None:
+                on_batch()
     return caught
 
 
@@ -151,7 +157,7 @@ def record_layer_inputs(layers, callback):
 
 
 class HessianAccumulator:
-    """Streaming `H = 2/N sum_tokens x x^T` of one layer input, in float32.
+    """Streaming `H = 2/N sum_tokens x x^T` of one layer input (numpy f32).
 
     Batches are added with `add(rows)`; the running mean is rescaled at each
     batch (as in the reference's `add_batch`) so values stay bounded.
@@ -163,16 +169,17 @@ class HessianAccumulator:
     def __init__(self, columns):
         self.columns = columns
         self.tokens = 0
-        self._H = ops.zeros((columns, columns), dtype="float32")
+        self._H = np.zeros((columns, columns), dtype="float32")
 
     def add(self, rows):
         """Adds a `[tokens, columns]` batch of inputs."""
-        rows = ops.cast(rows, "float32")
+        rows = np.asarray(ops.convert_to_numpy(ops.cast(rows, "float32")))
         count = int(rows.shape[0])
         if count == 0:
             return
         total = self.tokens + count
-        update = ops.matmul(ops.transpose(rows), rows)
+        with np.errstate(invalid="ignore", over="ignore"):  # checked later
+            update = rows.T @ rows
         self._H = self._H * (self.tokens / total) + update * (2.0 / total)
         self.tokens = total
 

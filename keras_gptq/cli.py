@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 
 _BACKENDS = ("jax", "tensorflow", "torch")
@@ -66,7 +67,8 @@ def _add_data_arguments(parser, default_text):
         help="tokens per window (default: 512).")
     parser.add_argument(
         "--quiet", action="store_true",
-        help="no progress bar and no report, only the result.")
+        help="no progress bars (they go to stderr) and no report, only "
+             "the result.")
 
 
 def _add_quantize_parser(subparsers, common):
@@ -78,7 +80,9 @@ def _add_quantize_parser(subparsers, common):
                     "model with `save_to_preset`.")
     _add_model_argument(p)
     p.add_argument("--out", required=True, metavar="DIR",
-                   help="folder to save the quantized preset to.")
+                   help="folder to save the quantized preset to (an existing "
+                        "preset there is replaced only once the new one is "
+                        "completely written).")
     p.add_argument("--bits", type=int, default=4, choices=(2, 3, 4, 8),
                    help="bits per weight (default: 4).")
     p.add_argument("--group-size", type=int, default=128, metavar="N",
@@ -240,13 +244,14 @@ def quantize_command(args):
 
 def eval_command(args):
     """`keras-gptq eval`: prints a model's perplexity."""
+    import keras
     import keras_gptq
     model = load_model(args.preset)
     perplexity = keras_gptq.evaluate_perplexity(
         model, load_data(args.dataset, evaluation=True),
         tokenizer=_tokenizer(model), sequence_length=args.seq_len,
         max_tokens=args.max_tokens, verbose=not args.quiet)
-    print(f"perplexity: {perplexity:.4f}")
+    print(f"perplexity: {perplexity:.4f} (backend {keras.config.backend()})")
     return 0
 
 
@@ -298,8 +303,25 @@ def _packed_layer(vars_group):
         scale.shape[1]), packed
 
 
+def _readable(h5_path):
+    """`layers/decoder_1/_attention/_query/vars` -> `decoder_1/attention/query`.
+
+    The weights file names layers by their attribute names, without the
+    private underscores (the model is not built, so its own layer paths are
+    unknown here).
+    """
+    parts = h5_path.removeprefix("layers/").split("/")[:-1]
+    return "/".join(part.lstrip("_") or part for part in parts)
+
+
+def _natural_key(name):
+    """Sorts `block_2` before `block_10`."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
 def read_packed_layers(weights_path):
-    """Returns `[(h5 layer path, rows, columns, bits, groups, bytes)]`."""
+    """Returns `[(layer name, rows, columns, bits, groups, bytes)]`, layers
+    named readably (see `_readable`) in natural order."""
     import h5py
     found = []
 
@@ -307,12 +329,11 @@ def read_packed_layers(weights_path):
         if isinstance(obj, h5py.Group) and name.endswith("/vars"):
             entry = _packed_layer(obj)
             if entry is not None:
-                short = name[:-len("/vars")]
-                found.append((short.removeprefix("layers/"), *entry))
+                found.append((_readable(name), *entry))
 
     with h5py.File(weights_path, "r") as f:
         f.visititems(visit)
-    return found
+    return sorted(found, key=lambda entry: _natural_key(entry[0]))
 
 
 def _group_size(columns, bits, groups, modes):

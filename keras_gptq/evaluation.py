@@ -7,6 +7,7 @@ import numpy as np
 
 from keras_gptq import calibration
 from keras_gptq import capture
+from keras_gptq import progress
 
 
 def _log_softmax_nll(logits, targets):
@@ -40,7 +41,7 @@ def evaluate_perplexity(model, data, tokenizer=None, sequence_length=512,
         stride: distance between window starts (<= sequence_length).
         max_tokens: use at most this many tokens of `data`.
         batch_size: windows per forward pass.
-        verbose: show a progress bar.
+        verbose: show a progress bar (tqdm, on stderr).
 
     Returns:
         The perplexity, `exp(mean negative log-likelihood)`, as a float.
@@ -70,9 +71,8 @@ def evaluate_perplexity(model, data, tokenizer=None, sequence_length=512,
     windows = np.stack([stream[s:s + sequence_length] for s in starts])
     scored_from = [0] + [sequence_length - stride] * (len(starts) - 1)
     total, count = 0.0, 0
-    bar = keras.utils.Progbar(len(windows), unit_name="window") if (
-        verbose) else None
-    with capture.no_grad():
+    with capture.no_grad(), progress.bar(len(windows), "perplexity",
+                                         "window", verbose) as bar:
         for i in range(0, len(windows), batch_size):
             batch = windows[i:i + batch_size].astype("int32")
             inputs = capture.model_inputs(model, batch)
@@ -82,6 +82,5 @@ def evaluate_perplexity(model, data, tokenizer=None, sequence_length=512,
                 part = row[max(first - 1, 0):]
                 total += float(part.sum())
                 count += part.size
-            if bar is not None:
-                bar.update(min(i + batch_size, len(windows)))
+            bar.update(len(batch))
     return math.exp(total / count)

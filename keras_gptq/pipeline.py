@@ -3,9 +3,10 @@
 `quantize(model, config)` walks the blocks in order. For each block it
 captures its target layers' inputs, accumulates their Hessians, solves each
 layer, puts the dequantized weights in place, and runs the *quantized* block
-to produce the next block's inputs. Only when every block is done are the
-layers converted to packed storage; if anything fails or is interrupted on
-the way, every weight is put back and the model is left as it was.
+to produce the next block's inputs, then puts the block's float weights
+back. Only when every block is done are the layers converted to packed
+storage; if anything fails or is interrupted on the way, every weight is put
+back and the model is left as it was.
 """
 
 import re
@@ -19,6 +20,7 @@ from keras_gptq import calibration
 from keras_gptq import capture
 from keras_gptq import grid
 from keras_gptq import layout as layout_lib
+from keras_gptq import progress
 from keras_gptq import report as report_lib
 from keras_gptq import solver
 from keras_gptq import storage
@@ -155,7 +157,10 @@ def _solve_layer(layer, H, config):
         keras.ops.cast(layer._kernel, "float32"))
     W = lay.kernel_to_matrix(kernel)
     if not np.all(np.isfinite(W)):
-        raise ValueError(f"Layer {layer.path!r} has NaN or Inf weights.")
+        raise ValueError(
+            f"Layer {layer.path!r} has NaN or Inf weights: the float model "
+            "is broken before quantization. Check the checkpoint it was "
+            "loaded from (and its dtype: float16 overflows easily).")
     if not np.all(np.isfinite(H)):
         raise ValueError(
             f"The calibration activations reaching {layer.path!r} contain "
@@ -195,7 +200,8 @@ def quantize(model, config, filters=None, verbose=True):
         filters: None, a regex string, a list of regex strings (matched
             against each layer's name and path), or a callable
             `layer -> bool` selecting the layers to quantize.
-        verbose: show a progress bar over the blocks.
+        verbose: show progress bars (calibration, blocks, layers) with
+            elapsed time and ETA on stderr.
 
     Returns:
         A `QuantizationReport` (also kept as `model.gptq_report`).
@@ -224,18 +230,16 @@ def quantize(model, config, filters=None, verbose=True):
         config.sequence_length, seed=config.seed)
     step = config.calibration_batch_size
     batches = [windows[i:i + step] for i in range(0, len(windows), step)]
-    originals, solved, written, entries = [], [], [], []
+    solved, written, entries = [], [], []
     try:
-        _walk(model, blocks, targets, batches, config, verbose, originals,
-              solved, entries)
+        _walk(model, blocks, targets, batches, config, verbose, solved,
+              entries)
         for layer, result in solved:
             written.append((layer, storage.write_packed(
                 layer, result, config.weight_bits, config.group_size)))
     except BaseException:
         for layer, token in reversed(written):
             storage.restore_float(layer, token)
-        for layer, kernel in originals:
-            layer._kernel.assign(kernel)
         raise
     _reset_compiled_functions(model)
     report = report_lib.QuantizationReport(
@@ -244,36 +248,51 @@ def quantize(model, config, filters=None, verbose=True):
     return report
 
 
-def _walk(model, blocks, targets, batches, config, verbose, originals,
-          solved, entries):
-    """Solves every block in order; float kernels are swapped, not freed.
+def _walk(model, blocks, targets, batches, config, verbose, solved,
+          entries):
+    """Solves every block in order, appending `(layer, result)` to `solved`
+    and each layer's report entry to `entries`.
 
-    Appends `(layer, float_kernel)` to `originals` before a layer's kernel
-    is replaced by its dequantized weights, `(layer, result)` to `solved`
-    and the layer's report entry to `entries`.
+    Only the block being solved holds its dequantized weights (so that the
+    next block's inputs come from the quantized block); its float kernels
+    are put back before the next block, and on any failure.
     """
-    bar = keras.utils.Progbar(len(blocks), unit_name="block") if (
-        verbose) else None
-    calls = capture.catch_block_inputs(model, blocks[0], batches)
-    for index, block in enumerate(blocks):
-        layers = targets[id(block)]
-        groups = _probe_groups(block, layers, calls[0]) if layers else []
-        passes = [[g] for g in groups] if config.true_sequential else (
-            [groups] if groups else [])
+    with progress.bar(len(batches), "calibration", "batch", verbose) as bar:
+        calls = capture.catch_block_inputs(model, blocks[0], batches,
+                                           on_batch=bar.update)
+    total = sum(len(targets[id(b)]) for b in blocks)
+    with progress.bar(len(blocks), "blocks", "block", verbose) as block_bar, \
+            progress.bar(total, "layers", "layer", verbose, 1) as layer_bar:
+        for block in blocks:
+            calls = _solve_block(block, targets[id(block)], calls, config,
+                                 solved, entries, layer_bar)
+            block_bar.update()
+
+
+def _solve_block(block, layers, calls, config, solved, entries, bar):
+    """Solves one block's layers; returns the next block's inputs."""
+    groups = _probe_groups(block, layers, calls[0]) if layers else []
+    passes = [[g] for g in groups] if config.true_sequential else (
+        [groups] if groups else [])
+    originals = []
+    try:
         for sub in passes:
             hessians = _hessians(block, sub, calls)
             for group in sub:
                 for layer in group:
+                    bar.set_postfix_str(layer.path, refresh=False)
                     kernel, q_kernel, result, entry = _solve_layer(
                         layer, hessians[group[0]], config)
                     originals.append((layer, kernel))
                     layer._kernel.assign(q_kernel)
                     solved.append((layer, result))
                     entries.append(entry)
+                    bar.update()
             del hessians
-        calls = capture.run_block(block, calls)
-        if bar is not None:
-            bar.update(index + 1)
+        return capture.run_block(block, calls)
+    finally:
+        for layer, kernel in originals:
+            layer._kernel.assign(kernel)
 
 
 def rtn_in_place(model, bits, group_size, symmetric=False):

@@ -16,9 +16,11 @@ the kernel by the layer's `MatrixLayout` (read from its equation).
 A quantized layer carries a `PackedGPTQPolicy` (a `GPTQDTypePolicy`
 registered as `keras_gptq>PackedGPTQPolicy`). Importing keras_gptq installs
 one seam on `Dense` and `EinsumDense`: `_gptq_build`, `_gptq_call`,
-`save_own_variables` and `kernel` use this layout when, and only when, the
-layer's policy is a `PackedGPTQPolicy`; layers quantized by Keras's own GPTQ
-keep Keras's behaviour. Presets therefore need `import keras_gptq` to load.
+`save_own_variables`, `load_own_variables` (which checks what it reads:
+count, shapes, dtypes and index ranges) and `kernel` use this layout when,
+and only when, the layer's policy is a `PackedGPTQPolicy`; layers
+quantized by Keras's own GPTQ keep Keras's behaviour. Presets therefore
+need `import keras_gptq` to load.
 """
 
 import math
@@ -219,13 +221,55 @@ _SAVE_ORDER = ("bias", "quantized_kernel", "kernel_scale", "kernel_zero",
                "g_idx")
 
 
+def _saved_names(layer):
+    return [n for n in _SAVE_ORDER if n != "bias" or layer.bias is not None]
+
+
 def _packed_save(layer, store):
-    idx = 0
-    for name in _SAVE_ORDER:
-        if name == "bias" and layer.bias is None:
-            continue
+    for idx, name in enumerate(_saved_names(layer)):
         store[str(idx)] = getattr(layer, name)
-        idx += 1
+
+
+def _packed_load(layer, store):
+    """Loads packed variables, checking count, shapes, dtypes and ranges.
+
+    Raises:
+        ValueError: naming the layer, the variable and what is wrong, when
+            the weights file does not hold what the layer's policy implies
+            (a corrupted file, or one that belongs to another config).
+    """
+    names, policy = _saved_names(layer), _policy(layer)
+    where = (f"Packed GPTQ layer {layer.path!r} ({policy.weight_bits}-bit, "
+             f"group {policy.group_size})")
+    fix = ("The weights file is corrupted or does not belong to this "
+           "config.json: re-save or re-download the preset.")
+    if len(store.keys()) != len(names):
+        raise ValueError(
+            f"{where} expects {len(names)} saved variables ({', '.join(names)})"
+            f" but the weights file holds {len(store.keys())}. {fix}")
+    values = {name: store[str(i)] for i, name in enumerate(names)}
+    for name, value in values.items():
+        var = getattr(layer, name)
+        got = (tuple(value.shape), keras.backend.standardize_dtype(value.dtype))
+        if got[0] != tuple(var.shape) or (name != "bias" and got[1] != var.dtype):
+            raise ValueError(
+                f"{where}: saved variable {name!r} has shape {got[0]} and "
+                f"dtype {got[1]}, but the layer needs shape "
+                f"{tuple(var.shape)} and dtype {var.dtype}. {fix}")
+    groups = values["kernel_scale"].shape[1]
+    problems = [
+        (not np.all((values["g_idx"] >= 0) & (values["g_idx"] < groups)),
+         f"'g_idx' holds group indices outside [0, {groups})"),
+        (not np.all(values["kernel_zero"] < 2**policy.weight_bits),
+         f"'kernel_zero' holds zero points above {2**policy.weight_bits - 1}"),
+        (not np.all(np.isfinite(values["kernel_scale"])),
+         "'kernel_scale' holds NaN or Inf"),
+    ]
+    for bad, problem in problems:
+        if bad:
+            raise ValueError(f"{where}: {problem}. {fix}")
+    for name, value in values.items():
+        getattr(layer, name).assign(value)
 
 
 def write_packed(layer, result, bits, group_size):
@@ -303,12 +347,12 @@ def _retrack(layer):
 
 
 def _install_seam():
-    """Routes the four GPTQ hooks of Dense/EinsumDense for packed layers."""
+    """Routes the five GPTQ hooks of Dense/EinsumDense for packed layers."""
     for cls in (keras.layers.Dense, keras.layers.EinsumDense):
         if getattr(cls, "_keras_gptq_seam", False):
             continue
-        build, call, save = cls._gptq_build, cls._gptq_call, (
-            cls.save_own_variables)
+        build, call = cls._gptq_build, cls._gptq_call
+        save, load = cls.save_own_variables, cls.load_own_variables
         kernel = cls.kernel
 
         def _gptq_build(self, kernel_shape, config, _orig=build):
@@ -326,6 +370,11 @@ def _install_seam():
                 return _packed_save(self, store)
             return _orig(self, store)
 
+        def load_own_variables(self, store, _orig=load):
+            if is_packed(self) and self.built:
+                return _packed_load(self, store)
+            return _orig(self, store)
+
         def _kernel_getter(self, _orig=kernel.fget):
             if is_packed(self) and self.built:
                 return dequantized_kernel(self)
@@ -334,6 +383,7 @@ def _install_seam():
         cls._gptq_build = _gptq_build
         cls._gptq_call = _gptq_call
         cls.save_own_variables = save_own_variables
+        cls.load_own_variables = load_own_variables
         cls.kernel = property(_kernel_getter, kernel.fset, kernel.fdel,
                               kernel.__doc__)
         cls._keras_gptq_seam = True

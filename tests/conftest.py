@@ -75,6 +75,15 @@ def logits(model, tokens):
         keras.ops.cast(out, "float32")))
 
 
+def save_tiny_preset(root, calibration=4000, heldout=1024):
+    """Saves the tiny llama3 as `root/float` and Markov token ids as
+    `root/ids.npy` (calibration) and `root/heldout.npy`; returns `root`."""
+    build_causal_lm("llama3").save_to_preset(str(root / "float"))
+    np.save(root / "ids.npy", markov_tokens(calibration, seed=1))
+    np.save(root / "heldout.npy", markov_tokens(heldout, seed=2))
+    return root
+
+
 @pytest.fixture(scope="session")
 def calibration_tokens():
     """A 1-D token stream for calibration."""

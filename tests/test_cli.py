@@ -10,14 +10,14 @@ import re
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from conftest import build_causal_lm
-from conftest import markov_tokens
+from conftest import save_tiny_preset
 from keras_gptq import cli
 
-PROGRESS_BAR = "━"  # what keras.utils.Progbar draws
+# A finished tqdm bar: "layers: 100%|####| 14/14 [00:01<00:00, ...]".
+FINISHED_BAR = r"{what}: 100%\|[^|\r\n]*\| (\d+)/\1 \[\d\d:\d\d<\d\d:\d\d"
+ANY_BAR = r"\| \d+/\d+ \[\d\d:\d\d<"
 FLAGS = {
     "quantize": ["--out", "--bits", "--group-size", "--act-order",
                  "--symmetric", "--damping", "--samples", "--seq-len",
@@ -39,11 +39,7 @@ def run_cli(*args):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A folder with a tiny float preset (`float/`) and token ids."""
-    root = tmp_path_factory.mktemp("cli")
-    build_causal_lm("llama3").save_to_preset(str(root / "float"))
-    np.save(root / "ids.npy", markov_tokens(4000, seed=1))
-    np.save(root / "heldout.npy", markov_tokens(1024, seed=2))
-    return root
+    return save_tiny_preset(tmp_path_factory.mktemp("cli"))
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +55,8 @@ def quantized(workdir):
 def test_quantize_prints_report_progress_and_saves(quantized):
     proc, out = quantized
     assert proc.returncode == 0, proc.stderr
-    assert PROGRESS_BAR in proc.stdout
+    for what in ("calibration", "blocks", "layers"):
+        assert re.search(FINISHED_BAR.format(what=what), proc.stderr), what
     assert "transformer_layer_0/self_attention/query" in proc.stdout
     assert "14 layers, 128 calibration tokens" in proc.stdout
     assert (out / "config.json").is_file()
@@ -73,6 +70,11 @@ def test_inspect_lists_packed_layers(quantized):
     rows = [l.split() for l in proc.stdout.splitlines()
             if l.split() and re.fullmatch(r"\d+x\d+", l.split()[1])]
     assert len(rows) == 14
+    names = [row[0] for row in rows]
+    assert not any(part.startswith("_") for n in names for part in n.split("/"))
+    assert "llama_transformer_decoder/self_attention_layer/query_dense" in names
+    assert names.index("llama_transformer_decoder/feedforward_output_dense") < (
+        names.index("llama_transformer_decoder_1/feedforward_gate_dense"))
     for _, shape, bits, group, packed, floats in rows:
         out_dim, in_dim = map(int, shape.split("x"))
         assert (bits, group) == ("4", "32")
@@ -88,10 +90,23 @@ def test_eval_quiet_prints_perplexity_only(quantized, workdir):
                    str(workdir / "heldout.npy"), "--seq-len", "32",
                    "--max-tokens", "512", "--quiet")
     assert proc.returncode == 0, proc.stderr
-    assert PROGRESS_BAR not in proc.stdout
+    assert not re.search(ANY_BAR, proc.stdout + proc.stderr)
     match = re.search(r"perplexity: ([0-9.]+)", proc.stdout)
     assert match and math.isfinite(float(match.group(1)))
     assert 1.0 < float(match.group(1)) < 1e4
+
+
+def test_eval_on_another_backend_reexecutes_and_shows_progress(quantized,
+                                                              workdir):
+    import keras
+    other = next(b for b in cli._BACKENDS if b != keras.config.backend())
+    _, out = quantized
+    proc = run_cli("eval", str(out), "--dataset",
+                   str(workdir / "heldout.npy"), "--seq-len", "32",
+                   "--max-tokens", "256", "--backend", other)
+    assert proc.returncode == 0, proc.stderr
+    assert f"(backend {other})" in proc.stdout
+    assert re.search(FINISHED_BAR.format(what="perplexity"), proc.stderr)
 
 
 def test_quantize_quiet_has_no_progress_or_report(workdir):
@@ -101,7 +116,7 @@ def test_quantize_quiet_has_no_progress_or_report(workdir):
                    "--seq-len", "16", "--bits", "8", "--group-size", "-1",
                    "--act-order", "--symmetric", "--quiet")
     assert proc.returncode == 0, proc.stderr
-    assert PROGRESS_BAR not in proc.stdout
+    assert not re.search(ANY_BAR, proc.stdout + proc.stderr)
     assert "gptq err" not in proc.stdout
     assert (out / "model.weights.h5").is_file()
     policies, _ = cli.read_policies(str(out / "config.json"))

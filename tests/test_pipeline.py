@@ -1,5 +1,7 @@
 """Model-level behaviour of `keras_gptq.quantize` on tiny KerasHub models."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -153,6 +155,40 @@ def test_failure_leaves_model_exactly_as_it_was(failure, where, monkeypatch,
     np.testing.assert_array_equal(logits(model, heldout_tokens), outputs)
 
 
+ETA_BAR = r"{what}: 100%\|[^|\r\n]*\| (\d+)/\1 \[\d\d:\d\d<\d\d:\d\d"
+
+
+def test_verbose_shows_calibration_block_and_layer_bars(capsys,
+                                                        calibration_tokens):
+    keras_gptq.quantize(build_causal_lm("llama3"),
+                        _config(calibration_tokens), verbose=True)
+    err = capsys.readouterr().err
+    for what, count in (("calibration", 4), ("blocks", 2), ("layers", 14)):
+        match = re.search(ETA_BAR.format(what=what), err)
+        assert match and int(match.group(1)) == count, (what, err[-2000:])
+    assert "self_attention/query" in err  # the layer being solved
+
+
+def test_not_verbose_prints_nothing(capsys, calibration_tokens):
+    keras_gptq.quantize(build_causal_lm("llama3"),
+                        _config(calibration_tokens), verbose=False)
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_same_seed_gives_identical_integers(calibration_tokens):
+    runs = []
+    for _ in range(2):
+        model = build_causal_lm("llama3")
+        keras_gptq.quantize(model, _config(calibration_tokens,
+                                           activation_order=True),
+                            verbose=False)
+        runs.append([keras.ops.convert_to_numpy(l.quantized_kernel)
+                     for l in _targets(model)])
+    for first, second in zip(*runs):
+        np.testing.assert_array_equal(first, second)
+
+
 def test_filters_select_layers(calibration_tokens):
     model = build_causal_lm("llama3")
     keras_gptq.quantize(model, _config(calibration_tokens),
@@ -194,9 +230,42 @@ def test_missing_structure_names_the_fix(calibration_tokens):
 
 
 def test_group_size_larger_than_layer_names_the_layer(calibration_tokens):
-    with pytest.raises(ValueError, match="group_size.*input features"):
+    with pytest.raises(ValueError, match="group_size.*input features of "
+                       "layer 'transformer_layer_0/"):
         keras_gptq.quantize(build_causal_lm("llama3"),
                             _config(calibration_tokens, group_size=256),
+                            verbose=False)
+
+
+def test_model_not_built_is_refused(calibration_tokens):
+    model = keras.Sequential([keras.layers.Dense(4)])
+    with pytest.raises(ValueError, match="is not built"):
+        keras_gptq.quantize(model, _config(calibration_tokens))
+
+
+def test_nan_weights_name_the_layer_and_change_nothing(calibration_tokens):
+    model = build_causal_lm("llama3")
+    layer = model.backbone.transformer_layers[1]._feedforward_gate_dense
+    kernel = keras.ops.convert_to_numpy(layer._kernel).copy()
+    kernel[0, 0] = np.nan
+    layer._kernel.assign(kernel)
+    before = _snapshot(model)
+    with pytest.raises(ValueError, match="'transformer_layer_1/"
+                       "feedforward_gate_dense' has NaN or Inf weights"):
+        keras_gptq.quantize(model, _config(calibration_tokens),
+                            verbose=False)
+    for (path, a), (_, b) in zip(_snapshot(model), before):
+        np.testing.assert_array_equal(a, b, err_msg=path)
+
+
+def test_nan_activations_name_the_layer(calibration_tokens):
+    model = build_causal_lm("llama3")
+    norm = model.backbone.transformer_layers[1]._self_attention_layernorm
+    norm.scale.assign(np.full(norm.scale.shape, np.inf, "float32"))
+    with pytest.raises(ValueError, match="activations reaching "
+                       "'transformer_layer_1/self_attention/query' contain "
+                       "NaN or Inf"):
+        keras_gptq.quantize(model, _config(calibration_tokens),
                             verbose=False)
 
 
