@@ -5,11 +5,13 @@
   masks, positions), as the reference's `Catcher` does.
 - `record_layer_inputs` wraps the target layers of a block while it runs
   and hands each input (flattened to `[tokens, in]`) to a callback.
-- `HessianAccumulator` keeps `H = 2/N sum x x^T` in float32 with numpy,
-  streaming over calibration batches. numpy, not `keras.ops`: the same
-  inputs then give the same H, bit for bit, on every backend, and that
-  matters: with act-order a one-ulp difference in H can swap two near-tied
-  columns and change a few percent of a layer's integers.
+- `HessianAccumulator` keeps `H = 2/N sum x x^T` in float32, streaming over
+  calibration batches. Where the backend computes on the CPU it accumulates
+  with numpy: the same inputs then give the same H, bit for bit, on every
+  backend, and that matters (with act-order a one-ulp difference in H can
+  swap two near-tied columns and change a few percent of a layer's
+  integers). On an accelerator it accumulates with `keras.ops` on the
+  device, so activations never travel to the host.
 
 Forward passes run eagerly and, on torch, under `torch.no_grad()`.
 """
@@ -156,30 +158,44 @@ def record_layer_inputs(layers, callback):
         yield
 
 
+def on_accelerator():
+    """True when Keras sees a GPU or TPU (then Hessians stay on device)."""
+    device = getattr(ops.convert_to_tensor(np.zeros(1, "float32")),
+                     "device", "cpu")
+    return "cpu" not in str(device).lower()
+
+
 class HessianAccumulator:
-    """Streaming `H = 2/N sum_tokens x x^T` of one layer input (numpy f32).
+    """Streaming `H = 2/N sum_tokens x x^T` of one layer input, in float32.
 
     Batches are added with `add(rows)`; the running mean is rescaled at each
     batch (as in the reference's `add_batch`) so values stay bounded.
 
     Args:
         columns: input features.
+        on_device: accumulate with `keras.ops` on the backend's device
+            (True) or with numpy on the host (False, identical on every
+            backend). None picks the device on an accelerator, else host.
     """
 
-    def __init__(self, columns):
+    def __init__(self, columns, on_device=None):
         self.columns = columns
         self.tokens = 0
-        self._H = np.zeros((columns, columns), dtype="float32")
+        self.on_device = on_accelerator() if on_device is None else on_device
+        self._xp = ops if self.on_device else np
+        self._H = self._xp.zeros((columns, columns), dtype="float32")
 
     def add(self, rows):
         """Adds a `[tokens, columns]` batch of inputs."""
-        rows = np.asarray(ops.convert_to_numpy(ops.cast(rows, "float32")))
+        rows = ops.cast(rows, "float32")
+        if not self.on_device:
+            rows = np.asarray(ops.convert_to_numpy(rows))
         count = int(rows.shape[0])
         if count == 0:
             return
         total = self.tokens + count
         with np.errstate(invalid="ignore", over="ignore"):  # checked later
-            update = rows.T @ rows
+            update = self._xp.matmul(self._xp.transpose(rows), rows)
         self._H = self._H * (self.tokens / total) + update * (2.0 / total)
         self.tokens = total
 

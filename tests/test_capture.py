@@ -7,20 +7,25 @@ from keras_gptq import capture
 from keras_gptq import layout
 
 
-def test_hessian_matches_closed_form():
+import pytest
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_hessian_matches_closed_form(on_device):
     X = np.random.default_rng(0).standard_normal((300, 24)).astype("float32")
-    acc = capture.HessianAccumulator(24)
+    acc = capture.HessianAccumulator(24, on_device=on_device)
     acc.add(keras.ops.convert_to_tensor(X))
     np.testing.assert_allclose(acc.result(), 2.0 / 300 * X.T @ X,
                                rtol=1e-5, atol=1e-5)
     assert acc.tokens == 300
 
 
-def test_streaming_equals_big_batch():
+@pytest.mark.parametrize("on_device", [False, True])
+def test_streaming_equals_big_batch(on_device):
     X = np.random.default_rng(1).standard_normal((1000, 16)).astype("float32")
-    big = capture.HessianAccumulator(16)
+    big = capture.HessianAccumulator(16, on_device=on_device)
     big.add(X)
-    streamed = capture.HessianAccumulator(16)
+    streamed = capture.HessianAccumulator(16, on_device=on_device)
     for chunk in np.array_split(X, [7, 300, 301, 650]):
         streamed.add(chunk)
     np.testing.assert_allclose(streamed.result(), big.result(), rtol=1e-5,
@@ -40,3 +45,11 @@ def test_recorded_inputs_reach_the_callback_and_calls_are_restored():
     assert "call" not in layer.__dict__
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)),
                                keras.ops.convert_to_numpy(y))
+
+
+def test_host_accumulation_on_cpu_device_on_accelerator():
+    # This machine has no accelerator: the default must be the host path
+    # (bit-identical across backends); `on_device` forces either.
+    assert capture.on_accelerator() is False
+    assert capture.HessianAccumulator(4).on_device is False
+    assert capture.HessianAccumulator(4, on_device=True).on_device is True
