@@ -28,6 +28,8 @@ import tempfile
 
 import numpy as np
 
+from keras_gptq import memory
+
 _INSTALL_COMMANDS = {
     "gguf": "pip install gguf",
     "safetensors": "pip install safetensors",
@@ -348,8 +350,10 @@ def load_llama_folder(folder, dtype=None):
     backbone = keras_hub.models.Llama3Backbone.from_preset(
         folder, dtype=dtype, layer_norm_epsilon=epsilon)
     preprocessor = keras_hub.models.Llama3CausalLMPreprocessor.from_preset(folder)
-    return keras_hub.models.Llama3CausalLM(backbone=backbone,
-                                           preprocessor=preprocessor)
+    model = keras_hub.models.Llama3CausalLM(backbone=backbone,
+                                            preprocessor=preprocessor)
+    memory.release_freed_memory()  # the safetensors buffers: ~490 MB here
+    return model
 
 
 def load_default_model(dtype=None):

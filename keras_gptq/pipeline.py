@@ -20,6 +20,7 @@ from keras_gptq import calibration
 from keras_gptq import capture
 from keras_gptq import grid
 from keras_gptq import layout as layout_lib
+from keras_gptq import memory
 from keras_gptq import progress
 from keras_gptq import report as report_lib
 from keras_gptq import solver
@@ -266,6 +267,7 @@ def _walk(model, blocks, targets, batches, config, verbose, solved,
         for block in blocks:
             calls = _solve_block(block, targets[id(block)], calls, config,
                                  solved, entries, layer_bar)
+            memory.release_freed_memory()  # this block's Hessians, inputs
             block_bar.update()
 
 
