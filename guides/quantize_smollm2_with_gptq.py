@@ -266,6 +266,31 @@ assert reloaded_texts == gptq_texts
 shutil.rmtree(os.path.dirname(preset_dir), ignore_errors=True)
 
 """
+## Export to the Hugging Face GPTQ format
+
+`keras_gptq.export_hf` writes the folder vLLM, GPTQModel and transformers
+read (`config.json` with `quantization_config`, `model.safetensors` holding
+`qweight`/`qzeros`/`scales`/`g_idx`, tokenizer files);
+`keras_gptq.load_hf_gptq` reads such a folder (ours, AutoGPTQ's or
+GPTQModel's) straight into packed KerasHub layers. An asymmetric grid is
+written as `checkpoint_format="gptq_v2"` (`"auto"` picks it), because the
+older v1 format cannot store a zero point of 0. The format keeps scales in
+float16, so the round trip changes each scale by at most 2^-11 of itself.
+"""
+
+hf_dir = os.path.join(tempfile.mkdtemp(), "smollm2_gptq_hf")
+keras_gptq.export_hf(model, hf_dir, checkpoint_format="auto")
+print(sorted(os.listdir(hf_dir)))
+from_hf = keras_gptq.load_hf_gptq(hf_dir)
+probe = {"token_ids": keras.ops.convert_to_tensor([[1, 504, 2269, 282, 260]]),
+         "padding_mask": keras.ops.convert_to_tensor([[True] * 5])}
+ours = keras.ops.convert_to_numpy(model(probe))
+theirs = keras.ops.convert_to_numpy(from_hf(probe))
+print("max |logit difference| after the HF round trip:",
+      float(abs(ours - theirs).max()), "of max |logit|", float(abs(ours).max()))
+shutil.rmtree(os.path.dirname(hf_dir), ignore_errors=True)
+
+"""
 ## What we measured
 
 One run of this guide with its default sizes (32x256 calibration tokens,
