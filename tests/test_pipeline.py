@@ -166,7 +166,9 @@ def test_verbose_shows_calibration_block_and_layer_bars(capsys,
     for what, count in (("calibration", 4), ("blocks", 2), ("layers", 14)):
         match = re.search(ETA_BAR.format(what=what), err)
         assert match and int(match.group(1)) == count, (what, err[-2000:])
-    assert "self_attention/query" in err  # the layer being solved
+    # The bar names the layer being solved (refreshed at most every 0.1 s,
+    # so which layer shows depends on speed; the last one always does).
+    assert re.search(r"transformer_layer_\d+/\w+", err), err[-2000:]
 
 
 def test_not_verbose_prints_nothing(capsys, calibration_tokens):
