@@ -32,6 +32,13 @@ VARIANTS = [
           num_samples=128)),
     ("act-order, 64 x 512 tokens", dict(activation_order=True,
                                         num_samples=64, sequence_length=512)),
+    ("act-order + static groups + mse", dict(
+        activation_order=True, static_groups=True, mse=True)),
+    ("act-order + static groups + mse + true_sequential, 128 x 256 tokens",
+     dict(activation_order=True, static_groups=True, mse=True,
+          true_sequential=True, num_samples=128)),
+    ("act-order + static groups, 128 x 256 tokens", dict(
+        activation_order=True, static_groups=True, num_samples=128)),
 ]
 
 
