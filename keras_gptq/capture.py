@@ -17,6 +17,7 @@ Forward passes run eagerly and, on torch, under `torch.no_grad()`.
 """
 
 import contextlib
+import functools
 
 import keras
 import numpy as np
@@ -158,6 +159,7 @@ def record_layer_inputs(layers, callback):
         yield
 
 
+@functools.lru_cache(maxsize=None)  # the backend is fixed per process
 def on_accelerator():
     """True when Keras sees a GPU or TPU (then Hessians stay on device)."""
     device = getattr(ops.convert_to_tensor(np.zeros(1, "float32")),

@@ -297,6 +297,18 @@ def _solve_block(block, layers, calls, config, solved, entries, bar):
             layer._kernel.assign(kernel)
 
 
+def _rtn_layers(model, bits, group_size, symmetric):
+    """Yields `(layer, layout, float_kernel, rtn_levels)` for every target
+    layer of the model's blocks; `rtn_levels` is `grid.rtn_quantize`'s."""
+    for block in model.get_quantization_layer_structure("gptq")[
+            "sequential_blocks"]:
+        for layer in _targets(block, None):
+            lay = layout_lib.layer_layout(layer)
+            kernel = keras.ops.convert_to_numpy(layer._kernel)
+            yield layer, lay, kernel, grid.rtn_quantize(
+                lay.kernel_to_matrix(kernel), bits, group_size, symmetric)
+
+
 def rtn_in_place(model, bits, group_size, symmetric=False):
     """Round-to-nearest baseline: puts RTN-rounded float weights in place.
 
@@ -313,15 +325,10 @@ def rtn_in_place(model, bits, group_size, symmetric=False):
         `[(layer, float_kernel)]`: assign each kernel back to undo.
     """
     originals = []
-    for block in model.get_quantization_layer_structure("gptq")[
-            "sequential_blocks"]:
-        for layer in _targets(block, None):
-            lay = layout_lib.layer_layout(layer)
-            kernel = keras.ops.convert_to_numpy(layer._kernel)
-            Q = solver.dequantize(*grid.rtn_quantize(
-                lay.kernel_to_matrix(kernel), bits, group_size, symmetric))
-            originals.append((layer, kernel))
-            layer._kernel.assign(lay.matrix_to_kernel(Q))
+    for layer, lay, kernel, levels in _rtn_layers(model, bits, group_size,
+                                                  symmetric):
+        originals.append((layer, kernel))
+        layer._kernel.assign(lay.matrix_to_kernel(solver.dequantize(*levels)))
     return originals
 
 
@@ -339,17 +346,11 @@ def rtn_packed(model, bits, group_size, symmetric=False):
     """
     written = []
     try:
-        for block in model.get_quantization_layer_structure("gptq")[
-                "sequential_blocks"]:
-            for layer in _targets(block, None):
-                lay = layout_lib.layer_layout(layer)
-                W = lay.kernel_to_matrix(
-                    keras.ops.convert_to_numpy(layer._kernel))
-                result = solver.SolverResult(
-                    *grid.rtn_quantize(W, bits, group_size, symmetric),
-                    damping=0.0)
-                written.append((layer, storage.write_packed(
-                    layer, result, bits, group_size)))
+        for layer, _, _, levels in _rtn_layers(model, bits, group_size,
+                                               symmetric):
+            result = solver.SolverResult(*levels, damping=0.0)
+            written.append((layer, storage.write_packed(
+                layer, result, bits, group_size)))
     except BaseException:
         for layer, token in reversed(written):
             storage.restore_float(layer, token)
