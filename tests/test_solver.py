@@ -7,6 +7,7 @@ import pytest
 
 from keras_gptq import grid
 from keras_gptq import solver
+from reference_gptq import find_params as reference_find_params
 from reference_gptq import reference_gptq
 
 
@@ -123,3 +124,30 @@ def test_shape_errors():
         solver.solve_gptq(np.zeros((4, 8)), np.eye(7))
     with pytest.raises(ValueError, match="group_size"):
         solver.solve_gptq(np.zeros((4, 8)), np.eye(8), group_size=16)
+
+
+@pytest.mark.parametrize("bits,sym", [(2, False), (3, True), (4, False),
+                                      (8, False)])
+def test_mse_search_matches_reference_grid(bits, sym):
+    # The production search evaluates candidates in float32; the reference
+    # in float64. They must pick the same grid for (almost) every row, and
+    # never a worse one by more than float32 rounding.
+    rng = np.random.default_rng(bits)
+    w = (rng.standard_normal((400, 64)) * 0.02).astype(np.float32)
+    w[:, 0] *= 8.0  # outliers make shrinking worthwhile
+    scale, zero = grid.find_params(w, bits, sym, mse=True)
+    ref_scale, ref_zero = reference_find_params(w, bits, sym, mse=True)
+    assert np.mean(np.isclose(scale, ref_scale, rtol=1e-12)) >= 0.99
+    assert np.mean(zero == ref_zero) >= 0.99
+    plain, _ = grid.find_params(w, bits, sym, mse=False)
+    if bits <= 4:  # at 8 bits the full range is already best
+        assert np.mean(scale < plain) > 0.5  # the search really shrinks
+
+    def norm_error(s, z):
+        q = grid.quantize(w, s[:, None], z[:, None], bits)
+        d = grid.dequantize(q, s[:, None], z[:, None]) - w.astype(np.float64)
+        return np.sum(np.abs(d) ** 2.4, axis=1)
+
+    np.testing.assert_array_less(
+        norm_error(scale, zero), norm_error(ref_scale, ref_zero) * 1.0001
+        + 1e-30)
