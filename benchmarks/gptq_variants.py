@@ -39,6 +39,19 @@ VARIANTS = [
           true_sequential=True, num_samples=128)),
     ("act-order + static groups, 128 x 256 tokens", dict(
         activation_order=True, static_groups=True, num_samples=128)),
+    ("act-order + static groups + mse + true_sequential, 256 x 256 tokens",
+     dict(activation_order=True, static_groups=True, mse=True,
+          true_sequential=True, num_samples=256)),
+    ("act-order + static groups + mse + true_sequential, 128 x 512 tokens",
+     dict(activation_order=True, static_groups=True, mse=True,
+          true_sequential=True, num_samples=128, sequence_length=512)),
+    ("act-order + static groups + mse + true_sequential, damping 0.1, "
+     "128 x 256 tokens",
+     dict(activation_order=True, static_groups=True, mse=True,
+          true_sequential=True, num_samples=128, hessian_damping=0.1)),
+    ("act-order + static groups + mse, 128 x 256 tokens", dict(
+        activation_order=True, static_groups=True, mse=True,
+        num_samples=128)),
 ]
 
 

@@ -35,12 +35,15 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-METHODS = ["float", "rtn-4", "gptq-4", "gptq-4-small", "keras-int4",
-           "keras-gptq-4", "rtn-3", "gptq-3"]
+METHODS = ["float", "rtn-4", "rtn-4-mse", "gptq-4", "gptq-4-best",
+           "gptq-4-small", "keras-int4", "keras-gptq-4", "rtn-3", "gptq-3"]
 LABELS = {
     "float": "float32",
     "rtn-4": "RTN 4-bit g128 (keras_gptq storage)",
+    "rtn-4-mse": "RTN 4-bit g128, MSE range search",
     "gptq-4": "keras_gptq GPTQ 4-bit g128",
+    "gptq-4-best": "keras_gptq GPTQ 4-bit g128, static groups + mse + "
+                   "true_sequential",
     "gptq-4-small": "keras_gptq GPTQ 4-bit g128, Keras-sized calibration",
     "keras-int4": "Keras built-in int4 (RTN, block 128)",
     "keras-gptq-4": "Keras built-in GPTQ 4-bit g128",
@@ -81,13 +84,16 @@ def _apply(method, model, args):
     tokenizer = model.preprocessor.tokenizer
     start = time.perf_counter()
     if method.startswith("rtn-"):
-        pipeline.rtn_packed(model, int(method[-1]), 128)
+        pipeline.rtn_packed(model, int(method[4]), 128,
+                            mse=method.endswith("-mse"))
     elif method.startswith("gptq-"):
         small = method.endswith("-small")
+        best = method.endswith("-best")
         keras_gptq.quantize(model, keras_gptq.GPTQConfig(
             dataset=bundled.calibration_texts(), tokenizer=tokenizer,
             weight_bits=int(method[5]), group_size=128,
-            activation_order=True,
+            activation_order=True, static_groups=best, mse=best,
+            true_sequential=best,
             num_samples=args.keras_samples if small else args.samples,
             sequence_length=args.keras_seq_len if small else args.seq_len),
             verbose=False)

@@ -297,7 +297,7 @@ def _solve_block(block, layers, calls, config, solved, entries, bar):
             layer._kernel.assign(kernel)
 
 
-def _rtn_layers(model, bits, group_size, symmetric):
+def _rtn_layers(model, bits, group_size, symmetric, mse=False):
     """Yields `(layer, layout, float_kernel, rtn_levels)` for every target
     layer of the model's blocks; `rtn_levels` is `grid.rtn_quantize`'s."""
     for block in model.get_quantization_layer_structure("gptq")[
@@ -306,10 +306,10 @@ def _rtn_layers(model, bits, group_size, symmetric):
             lay = layout_lib.layer_layout(layer)
             kernel = keras.ops.convert_to_numpy(layer._kernel)
             yield layer, lay, kernel, grid.rtn_quantize(
-                lay.kernel_to_matrix(kernel), bits, group_size, symmetric)
+                lay.kernel_to_matrix(kernel), bits, group_size, symmetric, mse)
 
 
-def rtn_in_place(model, bits, group_size, symmetric=False):
+def rtn_in_place(model, bits, group_size, symmetric=False, mse=False):
     """Round-to-nearest baseline: puts RTN-rounded float weights in place.
 
     Every Dense/EinsumDense layer of the model's blocks (as
@@ -320,19 +320,21 @@ def rtn_in_place(model, bits, group_size, symmetric=False):
     Args:
         model: a built model with a block structure (a KerasHub CausalLM).
         bits, group_size, symmetric: the grid, as in `GPTQConfig`.
+        mse: fit each group's range by the MSE shrink search (as
+            `GPTQConfig(mse=True)`), a stronger baseline than min/max.
 
     Returns:
         `[(layer, float_kernel)]`: assign each kernel back to undo.
     """
     originals = []
     for layer, lay, kernel, levels in _rtn_layers(model, bits, group_size,
-                                                  symmetric):
+                                                  symmetric, mse):
         originals.append((layer, kernel))
         layer._kernel.assign(lay.matrix_to_kernel(solver.dequantize(*levels)))
     return originals
 
 
-def rtn_packed(model, bits, group_size, symmetric=False):
+def rtn_packed(model, bits, group_size, symmetric=False, mse=False):
     """Round-to-nearest baseline stored exactly as GPTQ results are.
 
     Like `rtn_in_place`, but each layer gets packed storage (the format
@@ -343,11 +345,12 @@ def rtn_packed(model, bits, group_size, symmetric=False):
     Args:
         model: a built model with a block structure (a KerasHub CausalLM).
         bits, group_size, symmetric: the grid, as in `GPTQConfig`.
+        mse: as for `rtn_in_place`.
     """
     written = []
     try:
         for layer, _, _, levels in _rtn_layers(model, bits, group_size,
-                                               symmetric):
+                                               symmetric, mse):
             result = solver.SolverResult(*levels, damping=0.0)
             written.append((layer, storage.write_packed(
                 layer, result, bits, group_size)))

@@ -307,13 +307,14 @@ def test_bfloat16_model_quantizes(calibration_tokens, heldout_tokens):
     assert all(storage.is_packed(l) for l in _targets(model))
 
 
-def test_rtn_packed_matches_rtn_in_place(heldout_tokens):
+@pytest.mark.parametrize("mse", [False, True])
+def test_rtn_packed_matches_rtn_in_place(heldout_tokens, mse):
     # The packed RTN baseline (used by benchmarks/seed_table.py to measure
     # size and speed) must compute exactly what the float RTN baseline does.
     float_rtn = build_causal_lm("llama3")
-    pipeline.rtn_in_place(float_rtn, 4, 16)
+    pipeline.rtn_in_place(float_rtn, 4, 16, mse=mse)
     packed_rtn = build_causal_lm("llama3")
-    pipeline.rtn_packed(packed_rtn, 4, 16)
+    pipeline.rtn_packed(packed_rtn, 4, 16, mse=mse)
     assert all(storage.is_packed(l) for l in _targets(packed_rtn))
     expected = logits(float_rtn, heldout_tokens)
     np.testing.assert_allclose(logits(packed_rtn, heldout_tokens), expected,
@@ -339,3 +340,21 @@ def test_rtn_packed_rolls_back_on_failure(monkeypatch, heldout_tokens):
     assert [p for p, _ in after] == [p for p, _ in before]
     for (_, a), (_, b) in zip(after, before):
         np.testing.assert_array_equal(a, b)
+
+
+def test_rtn_mse_baseline_lowers_weight_error():
+    # The MSE-searched RTN baseline fits each group's range by the shrink
+    # search: its weights differ from min/max RTN and are closer (in the
+    # search's own norm) to the float weights, layer by layer.
+    model = build_causal_lm("llama3")
+    floats = [np.array(keras.ops.convert_to_numpy(l._kernel))
+              for l in _targets(model)]
+    originals = pipeline.rtn_in_place(model, 3, 16)
+    plain = [keras.ops.convert_to_numpy(l._kernel) for l in _targets(model)]
+    for layer, kernel in originals:
+        layer._kernel.assign(kernel)
+    pipeline.rtn_in_place(model, 3, 16, mse=True)
+    searched = [keras.ops.convert_to_numpy(l._kernel) for l in _targets(model)]
+    for f, p, m in zip(floats, plain, searched):
+        assert not np.array_equal(p, m)
+        assert np.sum(np.abs(m - f) ** 2.4) < np.sum(np.abs(p - f) ** 2.4)
