@@ -112,14 +112,16 @@ def build(name, seed=0):
     return layer, x
 
 
-def solve_for(layer, bits, group_size, seed=0):
+def solve_for(layer, bits, group_size, seed=0, activation_order=False):
     lay = layout.layer_layout(layer)
     W = lay.kernel_to_matrix(to_numpy(layer._kernel))
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(4 * lay.columns, lay.columns))
+    X *= rng.uniform(0.2, 3.0, size=lay.columns)  # distinct act-order
     H = 2 / len(X) * X.T @ X
     return lay, solver.solve_gptq(W, H, bits=bits, group_size=group_size,
-                                  block_size=8)
+                                  block_size=8,
+                                  activation_order=activation_order)
 
 
 def reference_output(layer, x, kernel):
@@ -159,6 +161,32 @@ def test_write_packed_output_matches_dequantized_weights(name, bits,
     assert_close(to_numpy(layer(x)), reference_output(layer, x, kernel))
     np.testing.assert_allclose(to_numpy(layer.kernel), kernel, rtol=1e-6,
                                atol=1e-7)
+
+
+@pytest.mark.parametrize("name,group_size", [
+    ("dense", 8), ("dense", 6), ("dense", -1), ("gemma_query", 16),
+    ("gemma_query", 4),
+    ("gpt2_qkv", 5), ("llama_output", 8)])
+@pytest.mark.parametrize("act_order", [False, True])
+def test_contiguous_and_gathered_dequantization_agree(name, group_size,
+                                                      act_order):
+    # Contiguous groups dequantize by reshape + broadcast (padding a last
+    # short group), act-order groups by gathering scales and zero points.
+    # Both must give the solver's weights, and each layer must take the
+    # path its g_idx calls for.
+    layer, _ = build(name)
+    lay, res = solve_for(layer, 4, group_size, activation_order=act_order)
+    storage.write_packed(layer, res, 4, group_size)
+    # One group (group_size -1, or as wide as the input) is contiguous
+    # even under act-order.
+    contiguous = not act_order or group_size in (-1, lay.columns)
+    assert layer._gptq_contiguous_groups is contiguous
+    expected = solver.dequantize(res.q, res.scale, res.zero, res.g_idx)
+    fast = to_numpy(storage.dequantized_matrix(layer))
+    layer._gptq_contiguous_groups = False
+    gathered = to_numpy(storage.dequantized_matrix(layer))
+    np.testing.assert_allclose(fast, expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(gathered, expected, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", ["dense", "gemma_query"])
@@ -277,6 +305,8 @@ def test_saved_model_reloads_with_identical_outputs(tmp_path):
     np.testing.assert_array_equal(to_numpy(reloaded(x)), y)
     for name in ("dense", "gemma_query"):
         layer = reloaded.get_layer(name)
+        assert layer._gptq_contiguous_groups is (
+            model.get_layer(name)._gptq_contiguous_groups)
         policy = layer.dtype_policy
         assert isinstance(policy, storage.PackedGPTQPolicy), type(policy)
         assert (policy.weight_bits, policy.group_size) == (3, 8)
