@@ -91,6 +91,15 @@ def _add_quantize_parser(subparsers, common):
     p.add_argument("--act-order", action="store_true",
                    help="quantize columns in order of decreasing Hessian "
                         "diagonal (act-order, desc_act).")
+    p.add_argument("--static-groups", action="store_true",
+                   help="with --act-order and groups: fit every group's "
+                        "grid up front from the original weights.")
+    p.add_argument("--mse", action="store_true",
+                   help="search shrunken ranges for each grid (lower "
+                        "rounding error, a little slower).")
+    p.add_argument("--true-sequential", action="store_true",
+                   help="quantize a block's layers in execution order, each "
+                        "on inputs from the already-quantized ones.")
     p.add_argument("--symmetric", action="store_true",
                    help="symmetric grid (zero point fixed at the middle).")
     p.add_argument("--damping", type=float, default=0.01, metavar="F",
@@ -233,7 +242,8 @@ def quantize_command(args):
         num_samples=args.samples, sequence_length=args.seq_len,
         hessian_damping=args.damping, group_size=args.group_size,
         symmetric=args.symmetric, activation_order=args.act_order,
-        seed=args.seed)
+        static_groups=args.static_groups, mse=args.mse,
+        true_sequential=args.true_sequential, seed=args.seed)
     report = keras_gptq.quantize(model, config, verbose=not args.quiet)
     if not args.quiet:
         print(report)

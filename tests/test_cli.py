@@ -20,6 +20,7 @@ FINISHED_BAR = r"{what}: 100%\|[^|\r\n]*\| (\d+)/\1 \[\d\d:\d\d<\d\d:\d\d"
 ANY_BAR = r"\| \d+/\d+ \[\d\d:\d\d<"
 FLAGS = {
     "quantize": ["--out", "--bits", "--group-size", "--act-order",
+                 "--static-groups", "--mse", "--true-sequential",
                  "--symmetric", "--damping", "--samples", "--seq-len",
                  "--dataset", "--backend", "--seed", "--quiet", "--debug"],
     "eval": ["--dataset", "--seq-len", "--max-tokens", "--backend",
@@ -189,3 +190,28 @@ def test_backend_switch_reexecutes(monkeypatch):
     with pytest.raises(cli.CLIError):
         cli.select_backend(other, [])
     cli.select_backend(keras.config.backend(), [])  # no-op
+
+
+@pytest.mark.parametrize("flags,expected", [
+    ([], dict(static_groups=False, mse=False, true_sequential=False,
+              activation_order=False)),
+    (["--act-order", "--static-groups", "--mse", "--true-sequential"],
+     dict(static_groups=True, mse=True, true_sequential=True,
+          activation_order=True)),
+])
+def test_quality_flags_reach_the_config(workdir, monkeypatch, flags,
+                                        expected):
+    import keras_gptq
+    seen = {}
+
+    def capture(model, config, **kwargs):
+        seen.update(config.get_config())
+        raise KeyboardInterrupt  # stop before any work or saving
+
+    monkeypatch.setattr(keras_gptq, "quantize", capture)
+    code = cli.main(["quantize", str(workdir / "float"), "--out",
+                     str(workdir / "unused"), "--dataset",
+                     str(workdir / "ids.npy"), *flags])
+    assert code == 130
+    assert {k: seen[k] for k in expected} == expected
+    assert not (workdir / "unused").exists()
