@@ -52,6 +52,26 @@ VARIANTS = [
     ("act-order + static groups + mse, 128 x 256 tokens", dict(
         activation_order=True, static_groups=True, mse=True,
         num_samples=128)),
+    ("act-order + asymmetric calibration", dict(
+        activation_order=True, asymmetric_calibration=True)),
+    ("act-order + static groups + asymmetric calibration", dict(
+        activation_order=True, static_groups=True,
+        asymmetric_calibration=True)),
+    ("act-order + static groups + mse + asymmetric calibration", dict(
+        activation_order=True, static_groups=True, mse=True,
+        asymmetric_calibration=True)),
+    ("act-order + static groups + mse + true_sequential + asymmetric "
+     "calibration, 128 x 256 tokens", dict(
+         activation_order=True, static_groups=True, mse=True,
+         true_sequential=True, asymmetric_calibration=True,
+         num_samples=128)),
+    ("act-order + static groups + mse + asymmetric calibration, "
+     "128 x 256 tokens", dict(
+         activation_order=True, static_groups=True, mse=True,
+         asymmetric_calibration=True, num_samples=128)),
+    ("act-order + static groups + asymmetric calibration, 128 x 256 tokens",
+     dict(activation_order=True, static_groups=True,
+          asymmetric_calibration=True, num_samples=128)),
 ]
 
 

@@ -100,6 +100,10 @@ def _add_quantize_parser(subparsers, common):
     p.add_argument("--true-sequential", action="store_true",
                    help="quantize a block's layers in execution order, each "
                         "on inputs from the already-quantized ones.")
+    p.add_argument("--asymmetric-calibration", action="store_true",
+                   help="GPTAQ: fit each layer to the float model's output, "
+                        "correcting earlier blocks' error (about twice the "
+                        "forward passes).")
     p.add_argument("--symmetric", action="store_true",
                    help="symmetric grid (zero point fixed at the middle).")
     p.add_argument("--damping", type=float, default=0.01, metavar="F",
@@ -243,7 +247,8 @@ def quantize_command(args):
         hessian_damping=args.damping, group_size=args.group_size,
         symmetric=args.symmetric, activation_order=args.act_order,
         static_groups=args.static_groups, mse=args.mse,
-        true_sequential=args.true_sequential, seed=args.seed)
+        true_sequential=args.true_sequential,
+        asymmetric_calibration=args.asymmetric_calibration, seed=args.seed)
     report = keras_gptq.quantize(model, config, verbose=not args.quiet)
     if not args.quiet:
         print(report)

@@ -123,6 +123,12 @@ class GPTQConfig:
             damped Hessian is not positive definite (0 disables the retry:
             the run stops with an error instead).
         seed: seed for choosing the calibration windows.
+        asymmetric_calibration: GPTAQ ("GPTQv2", Li et al., ICML 2025):
+            fit each quantized layer, fed by the already-quantized blocks,
+            to the float layer's output *in the float model*, so the
+            solver also corrects error accumulated in earlier blocks. Runs
+            the float model alongside (about twice the forward passes,
+            twice the activations kept).
 
     Raises:
         TypeError, ValueError: for any argument outside its domain; the
@@ -158,6 +164,7 @@ class GPTQConfig:
         calibration_batch_size=8,
         damping_auto_increase=0.01,
         seed=0,
+        asymmetric_calibration=False,
     ):
         self.dataset = dataset
         self.tokenizer = tokenizer
@@ -206,6 +213,8 @@ class GPTQConfig:
             fix="Use 0 to disable the retry, or a step such as 0.01.",
         )
         self.seed = _check_int("seed", seed, minimum=0)
+        self.asymmetric_calibration = _check_bool(
+            "asymmetric_calibration", asymmetric_calibration)
         if dataset is None:
             raise ValueError(
                 "`dataset` is required: pass a list of strings, a text file "
@@ -246,6 +255,7 @@ class GPTQConfig:
             "calibration_batch_size": self.calibration_batch_size,
             "damping_auto_increase": self.damping_auto_increase,
             "seed": self.seed,
+            "asymmetric_calibration": self.asymmetric_calibration,
         }
 
     @classmethod

@@ -9,6 +9,7 @@ storage; if anything fails or is interrupted on the way, every weight is put
 back and the model is left as it was.
 """
 
+import contextlib
 import re
 import time
 import warnings
@@ -137,22 +138,62 @@ def _probe_groups(block, layers, call):
     return groups
 
 
-def _hessians(block, groups, calls):
-    """One pass over the calls; one Hessian per group of shared inputs."""
+def _hessians(block, groups, calls, float_path=None):
+    """One pass over the calls; one Hessian per group of shared inputs.
+
+    Returns `{first layer of group: (H, dXXT)}`; `dXXT` is None unless
+    `float_path` is given: `(float_calls, float_kernels)`, the block's
+    inputs in the float model and the float kernels of the block's
+    already-solved layers. Then each batch first runs through the float
+    block (float kernels swapped in) to record what each layer receives in
+    the float model, and the accumulators pair it with the same tokens'
+    inputs in the quantized model (GPTAQ's asymmetric calibration).
+    """
     owners = {g[0]: capture.HessianAccumulator(
-        layout_lib.layer_layout(g[0]).columns) for g in groups}
+        layout_lib.layer_layout(g[0]).columns,
+        asymmetric=float_path is not None) for g in groups}
+    float_rows = {layer: [] for layer in owners}
+
+    def rows(layer, x):
+        return layout_lib.layer_layout(layer).inputs_to_rows(x)
+
+    def keep_float(layer, x):
+        float_rows[layer].append(rows(layer, x))
 
     def add(layer, x):
-        if layer in owners:
-            lay = layout_lib.layer_layout(layer)
-            owners[layer].add(lay.inputs_to_rows(x))
+        if float_path is None:
+            owners[layer].add(rows(layer, x))
+        else:
+            owners[layer].add(rows(layer, x), float_rows[layer].pop(0))
 
-    with capture.record_layer_inputs(list(owners), add):
-        capture.run_block(block, calls)
-    return {g[0]: owners[g[0]].result() for g in groups}
+    for index, call in enumerate(calls):
+        if float_path is not None:
+            float_calls, float_kernels = float_path
+            with _kernels_swapped(float_kernels), \
+                    capture.record_layer_inputs(list(owners), keep_float):
+                capture.run_block(block, [float_calls[index]])
+        with capture.record_layer_inputs(list(owners), add):
+            capture.run_block(block, [call])
+    return {g[0]: (owners[g[0]].result(), owners[g[0]].cross_result())
+            for g in groups}
 
 
-def _solve_layer(layer, H, config):
+@contextlib.contextmanager
+def _kernels_swapped(pairs):
+    """Assigns `kernel` to each `(layer, kernel)` pair, undone on exit."""
+    saved = [(layer, layer._kernel.value) for layer, _ in pairs]
+    # `.value` is the live tensor on some backends: copy it out first.
+    saved = [(layer, keras.ops.convert_to_numpy(v)) for layer, v in saved]
+    try:
+        for layer, kernel in pairs:
+            layer._kernel.assign(kernel)
+        yield
+    finally:
+        for layer, kernel in saved:
+            layer._kernel.assign(kernel)
+
+
+def _solve_layer(layer, H, config, dXXT=None):
     lay = layout_lib.layer_layout(layer)
     kernel = keras.ops.convert_to_numpy(
         keras.ops.cast(layer._kernel, "float32"))
@@ -179,7 +220,7 @@ def _solve_layer(layer, H, config):
         symmetric=config.symmetric, activation_order=config.activation_order,
         static_groups=config.static_groups, block_size=config.block_size,
         damping=config.hessian_damping, mse=config.mse,
-        damping_step=config.damping_auto_increase)
+        damping_step=config.damping_auto_increase, dXXT=dXXT)
     seconds = time.perf_counter() - start
     Q = solver.dequantize(result.q, result.scale, result.zero, result.g_idx)
     if result.damping > config.hessian_damping:
@@ -261,30 +302,44 @@ def _walk(model, blocks, targets, batches, config, verbose, solved,
     with progress.bar(len(batches), "calibration", "batch", verbose) as bar:
         calls = capture.catch_block_inputs(model, blocks[0], batches,
                                            on_batch=bar.update)
+    # Asymmetric calibration carries the float model's block inputs too.
+    float_calls = calls if config.asymmetric_calibration else None
     total = sum(len(targets[id(b)]) for b in blocks)
     with progress.bar(len(blocks), "blocks", "block", verbose) as block_bar, \
             progress.bar(total, "layers", "layer", verbose, 1) as layer_bar:
         for block in blocks:
-            calls = _solve_block(block, targets[id(block)], calls, config,
-                                 solved, entries, layer_bar)
+            next_calls = _solve_block(block, targets[id(block)], calls,
+                                      config, solved, entries, layer_bar,
+                                      float_calls)
+            if float_calls is not None:  # the block holds float weights
+                float_calls = capture.run_block(block, float_calls)
+            calls = next_calls
             memory.release_freed_memory()  # this block's Hessians, inputs
             block_bar.update()
 
 
-def _solve_block(block, layers, calls, config, solved, entries, bar):
-    """Solves one block's layers; returns the next block's inputs."""
+def _solve_block(block, layers, calls, config, solved, entries, bar,
+                 float_calls=None):
+    """Solves one block's layers; returns the next block's inputs.
+
+    `float_calls` (asymmetric calibration): the block's inputs in the
+    float model, for the same windows as `calls`.
+    """
     groups = _probe_groups(block, layers, calls[0]) if layers else []
     passes = [[g] for g in groups] if config.true_sequential else (
         [groups] if groups else [])
     originals = []
     try:
         for sub in passes:
-            hessians = _hessians(block, sub, calls)
+            float_path = None if float_calls is None else (
+                float_calls, list(originals))
+            hessians = _hessians(block, sub, calls, float_path)
             for group in sub:
                 for layer in group:
                     bar.set_postfix_str(layer.path, refresh=False)
+                    H, dXXT = hessians[group[0]]
                     kernel, q_kernel, result, entry = _solve_layer(
-                        layer, hessians[group[0]], config)
+                        layer, H, config, dXXT)
                     originals.append((layer, kernel))
                     layer._kernel.assign(q_kernel)
                     solved.append((layer, result))

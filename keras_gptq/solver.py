@@ -6,6 +6,17 @@ factor of `H^-1`, lazy batch updates of `block_size` columns, groups,
 act-order with or without static groups. Names follow the paper: `W` is
 `[out, in]` (rows are output channels), `H` is `[in, in]`.
 
+With `dXXT` (asymmetric calibration, GPTAQ / "GPTQv2", Li et al., ICML
+2025) the solver matches the quantized layer's output on the quantized
+model's inputs `X` to the float layer's output on the float model's inputs
+`X~`, instead of to the float layer on `X`: each quantized column also
+moves the later columns by `w P[i, :]` with
+`P = alpha triu(dXXT Hinv^T, 1) Hinv` and `dXXT = 2/N (X~ - X)^T X`.
+Unlike the GPTAQ authors' code, the lazy batch update applies `P` to the
+columns as they were when quantized (what the column-by-column algorithm
+does), not to their quantized values, so any `block_size` gives the same
+result.
+
 Implementation notes:
 - The factorisation runs in float32 (LAPACK; float64 when float32 is not
   enough), the grid in float64, the column loop in float32.
@@ -145,6 +156,8 @@ def solve_gptq(
     damping=0.01,
     mse=False,
     damping_step=0.0,
+    dXXT=None,
+    alpha=0.25,
 ):
     """Quantizes `W` with GPTQ, using the Hessian `H` of its inputs.
 
@@ -162,6 +175,10 @@ def solve_gptq(
         mse: MSE search over shrunken ranges for each grid.
         damping_step: raise damping by this step while `H` is not positive
             definite (0: raise `NotPositiveDefiniteError` at once).
+        dXXT: optional `[in, in]` `2/N (X~ - X)^T X`, float-model inputs
+            `X~` minus quantized-model inputs `X` (asymmetric calibration,
+            see the module docstring); None for plain GPTQ.
+        alpha: weight of the asymmetric term (GPTAQ's 0.25).
 
     Returns:
         A `SolverResult`.
@@ -185,6 +202,11 @@ def solve_gptq(
             f"`H` must be [{columns}, {columns}] to match `W` {W.shape}, "
             f"but has shape {H.shape}."
         )
+    if dXXT is not None and np.shape(dXXT) != (columns, columns):
+        raise ValueError(
+            f"`dXXT` must be [{columns}, {columns}] to match `W` {W.shape}, "
+            f"but has shape {np.shape(dXXT)}."
+        )
     if group_size != -1 and group_size > columns:
         raise ValueError(
             f"`group_size`={group_size} is larger than the {columns} input "
@@ -197,6 +219,9 @@ def solve_gptq(
     dead = np.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
+    if dXXT is not None:
+        dXXT = np.array(dXXT, dtype=np.float64)
+        dXXT[:, dead] = 0.0
     if static_groups and group_size != -1:
         scale, zero = _static_params(W, size, bits, symmetric, mse)
     natural_g_idx = (np.arange(columns) // size).astype(np.int32)
@@ -205,7 +230,13 @@ def solve_gptq(
         perm = np.argsort(-np.diag(H), kind="stable")
         W = W[:, perm]
         H = H[perm][:, perm]
+        if dXXT is not None:
+            dXXT = dXXT[perm][:, perm]
     Hinv, damping = inverse_cholesky(H, damping, damping_step)
+    P = None
+    if dXXT is not None:
+        Hinv64 = Hinv.astype(np.float64)
+        P = (alpha * np.triu(dXXT @ Hinv64.T, 1) @ Hinv64).astype(np.float32)
 
     Wt = np.ascontiguousarray(W.T)  # [in, out]: column i of W is row i.
     Qt = np.empty((columns, rows), dtype=np.float32)
@@ -219,6 +250,9 @@ def solve_gptq(
         W1 = Wt[i1:i2].copy()
         Err1 = np.empty_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
+        if P is not None:
+            Wpre1 = np.empty_like(W1)  # each column as it was quantized
+            P1 = P[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = i1 + i
             g = col_group[col]
@@ -235,8 +269,13 @@ def solve_gptq(
                 Hinv1[i, i]
             )
             W1[i + 1:] -= Hinv1[i, i + 1:, None] * err.astype(np.float32)
+            if P is not None:
+                W1[i + 1:] += P1[i, i + 1:, None] * w
+                Wpre1[i] = w
             Err1[i] = err
         Wt[i2:] -= Hinv[i1:i2, i2:].T @ Err1
+        if P is not None:
+            Wt[i2:] += P[i1:i2, i2:].T @ Wpre1
 
     invperm = np.argsort(perm)
     q = Qt.T[:, invperm]

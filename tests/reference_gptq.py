@@ -115,7 +115,8 @@ def upper_cholesky_of_inverse(H):
 
 
 def reference_gptq(W, H, bits=4, group_size=128, symmetric=False, activation_order=False,
-                   static_groups=False, block_size=128, damping=0.01, mse=False):
+                   static_groups=False, block_size=128, damping=0.01, mse=False,
+                   dXXT=None, alpha=0.25):
     """GPTQ on one matrix, following `GPTQ.fasterquant` line by line.
 
     Args:
@@ -129,6 +130,12 @@ def reference_gptq(W, H, bits=4, group_size=128, symmetric=False, activation_ord
             act-order each column keeps the group of its original index.
         block_size: columns per lazy batch update (`blocksize`).
         damping: fraction of mean(diag(H)) added to the diagonal (`percdamp`).
+        dXXT: GPTAQ's `2/N (X~ - X)^T X` (float minus quantized inputs, times
+            quantized inputs), or None. Follows `GPTAQ.fasterquant` of
+            Intelligent-Computing-Lab-Yale/GPTAQ, except that the lazy
+            update across blocks uses each column as it was when quantized
+            (the column-by-column algorithm), not its quantized value.
+        alpha: GPTAQ's weight of the asymmetric term.
 
     Returns:
         dict with `q` int64 `[out, in]` levels in `[0, 2**bits - 1]`;
@@ -151,6 +158,9 @@ def reference_gptq(W, H, bits=4, group_size=128, symmetric=False, activation_ord
     dead = np.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
+    if dXXT is not None:
+        dXXT = np.array(dXXT, dtype=np.float64)
+        dXXT[:, dead] = 0
 
     groups = []
     if static_groups and group_size != -1:
@@ -162,11 +172,16 @@ def reference_gptq(W, H, bits=4, group_size=128, symmetric=False, activation_ord
         perm = np.argsort(-np.diag(H), kind="stable")
         W = W[:, perm]
         H = H[perm][:, perm]
+        if dXXT is not None:
+            dXXT = dXXT[perm][:, perm]
     invperm = np.argsort(perm)
 
     damp = damping * np.mean(np.diag(H))
     H[np.arange(columns), np.arange(columns)] += damp
     Hinv = upper_cholesky_of_inverse(H)
+    P = np.zeros_like(H)
+    if dXXT is not None:
+        P = alpha * np.triu(dXXT @ Hinv.T, 1) @ Hinv
 
     Q = np.zeros_like(W)
     q = np.zeros_like(W)
@@ -178,7 +193,9 @@ def reference_gptq(W, H, bits=4, group_size=128, symmetric=False, activation_ord
         W1 = W[:, i1:i2].copy()
         Q1 = np.zeros_like(W1)
         Err1 = np.zeros_like(W1)
+        Wq1 = np.zeros_like(W1)  # each column as it was when quantized
         Hinv1 = Hinv[i1:i2, i1:i2]
+        P1 = P[i1:i2, i1:i2]
 
         for i in range(count):
             w = W1[:, i]
@@ -197,11 +214,12 @@ def reference_gptq(W, H, bits=4, group_size=128, symmetric=False, activation_ord
             Q1[:, i] = dequantize(q[:, i1 + i], scale, zero)
 
             err1 = (w - Q1[:, i]) / d
-            W1[:, i:] -= np.outer(err1, Hinv1[i, i:])
+            Wq1[:, i] = w
+            W1[:, i:] -= np.outer(err1, Hinv1[i, i:]) - np.outer(Wq1[:, i], P1[i, i:])
             Err1[:, i] = err1
 
         Q[:, i1:i2] = Q1
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:] - Wq1 @ P[i1:i2, i2:]
 
     if group_size == -1:
         params, g_idx = [(scale, zero)], np.zeros(columns, dtype=np.int64)

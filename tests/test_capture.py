@@ -53,3 +53,29 @@ def test_host_accumulation_on_cpu_device_on_accelerator():
     assert capture.on_accelerator() is False
     assert capture.HessianAccumulator(4).on_device is False
     assert capture.HessianAccumulator(4, on_device=True).on_device is True
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_asymmetric_cross_term_matches_closed_form_when_streamed(on_device):
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((500, 12)).astype("float32")
+    X_float = X + 0.1 * rng.standard_normal((500, 12)).astype("float32")
+    acc = capture.HessianAccumulator(12, on_device=on_device,
+                                     asymmetric=True)
+    for rows, float_rows in zip(np.array_split(X, [1, 200, 420]),
+                                np.array_split(X_float, [1, 200, 420])):
+        acc.add(rows, float_rows)
+    np.testing.assert_allclose(acc.result(), 2.0 / 500 * X.T @ X,
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(acc.cross_result(),
+                               2.0 / 500 * (X_float - X).T @ X,
+                               rtol=1e-4, atol=1e-6)
+    assert capture.HessianAccumulator(12).cross_result() is None
+
+
+def test_float_rows_must_match_the_accumulator_kind():
+    X = np.ones((3, 4), "float32")
+    with pytest.raises(ValueError, match="`float_rows`"):
+        capture.HessianAccumulator(4).add(X, X)
+    with pytest.raises(ValueError, match="`float_rows`"):
+        capture.HessianAccumulator(4, asymmetric=True).add(X)

@@ -21,6 +21,7 @@ ANY_BAR = r"\| \d+/\d+ \[\d\d:\d\d<"
 FLAGS = {
     "quantize": ["--out", "--bits", "--group-size", "--act-order",
                  "--static-groups", "--mse", "--true-sequential",
+                 "--asymmetric-calibration",
                  "--symmetric", "--damping", "--samples", "--seq-len",
                  "--dataset", "--backend", "--seed", "--quiet", "--debug"],
     "eval": ["--dataset", "--seq-len", "--max-tokens", "--backend",
@@ -194,10 +195,11 @@ def test_backend_switch_reexecutes(monkeypatch):
 
 @pytest.mark.parametrize("flags,expected", [
     ([], dict(static_groups=False, mse=False, true_sequential=False,
-              activation_order=False)),
-    (["--act-order", "--static-groups", "--mse", "--true-sequential"],
+              activation_order=False, asymmetric_calibration=False)),
+    (["--act-order", "--static-groups", "--mse", "--true-sequential",
+      "--asymmetric-calibration"],
      dict(static_groups=True, mse=True, true_sequential=True,
-          activation_order=True)),
+          activation_order=True, asymmetric_calibration=True)),
 ])
 def test_quality_flags_reach_the_config(workdir, monkeypatch, flags,
                                         expected):

@@ -30,7 +30,7 @@ def assert_names(excinfo, name, value):
 INT_ARGS = ["weight_bits", "num_samples", "sequence_length", "group_size",
             "block_size", "calibration_batch_size", "seed"]
 BOOL_ARGS = ["per_channel", "symmetric", "activation_order", "static_groups",
-             "true_sequential", "mse"]
+             "true_sequential", "mse", "asymmetric_calibration"]
 FRACTION_ARGS = ["hessian_damping", "damping_auto_increase"]
 
 
@@ -190,7 +190,7 @@ def test_defaults():
     assert config.per_channel is True
     assert not any([config.symmetric, config.activation_order,
                     config.static_groups, config.true_sequential,
-                    config.mse])
+                    config.mse, config.asymmetric_calibration])
     assert config.quantization_layer_structure is None
     assert config.mode == "gptq"
 
@@ -202,7 +202,7 @@ NON_DEFAULT = dict(
     hessian_damping=0.05, group_size=-1, symmetric=True,
     activation_order=True, static_groups=True, true_sequential=True,
     mse=True, block_size=32, calibration_batch_size=2,
-    damping_auto_increase=0.0, seed=9,
+    damping_auto_increase=0.0, seed=9, asymmetric_calibration=True,
 )
 
 

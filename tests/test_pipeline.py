@@ -73,6 +73,8 @@ def test_report_lists_every_layer_with_errors(calibration_tokens):
     dict(true_sequential=True),
     dict(symmetric=True, weight_bits=4, group_size=-1),
     dict(mse=True, weight_bits=2, group_size=32),
+    dict(activation_order=True, asymmetric_calibration=True),
+    dict(true_sequential=True, asymmetric_calibration=True),
 ])
 def test_options_run_and_beat_rtn(options, calibration_tokens,
                                   heldout_tokens):
@@ -87,6 +89,51 @@ def test_options_run_and_beat_rtn(options, calibration_tokens,
                         verbose=False)
     error = np.mean((logits(model, heldout_tokens) - reference) ** 2)
     assert error < rtn_error, (error, rtn_error)
+
+
+@pytest.mark.parametrize("options,least_gain", [
+    (dict(true_sequential=True), 0.85),
+    (dict(activation_order=True, static_groups=True), 0.95)])
+def test_asymmetric_calibration_beats_plain_gptq(options, least_gain,
+                                                 calibration_tokens,
+                                                 heldout_tokens):
+    """GPTAQ fits each layer to the float model's output, correcting the
+    error of earlier quantized blocks. Tiny GPT-2, held-out logit error
+    against plain GPTQ, measured: 0.68 / 0.75 / 0.73 (jax / torch / tf)
+    true-sequential, 0.90 / 0.85 / 0.90 act-order + static groups. (The
+    tiny random llama3 gains 0.74-0.995 depending on backend, whose random
+    init differs: too close to 1 to pin.)"""
+    reference = logits(build_causal_lm("gpt2"), heldout_tokens)
+    errors = []
+    for asymmetric in (False, True):
+        model = build_causal_lm("gpt2")
+        keras_gptq.quantize(model, _config(
+            calibration_tokens, asymmetric_calibration=asymmetric,
+            **options), verbose=False)
+        errors.append(np.mean((logits(model, heldout_tokens) - reference)
+                              ** 2))
+    assert errors[1] < least_gain * errors[0], errors
+
+
+def test_asymmetric_calibration_leaves_the_first_block_as_plain_gptq(
+        calibration_tokens):
+    """The first block's float and quantized inputs coincide (dXXT = 0), so
+    its layers get plain GPTQ's integers; later blocks differ."""
+    levels = []
+    for asymmetric in (False, True):
+        model = build_causal_lm("llama3")
+        keras_gptq.quantize(model, _config(
+            calibration_tokens, asymmetric_calibration=asymmetric),
+            verbose=False)
+        levels.append({l.path: keras.ops.convert_to_numpy(l.quantized_kernel)
+                       for l in _targets(model)})
+    plain, asym = levels
+    first = [p for p in plain if "transformer_layer_0/" in p]
+    later = [p for p in plain if "transformer_layer_1/" in p]
+    assert len(first) == len(later) == 7
+    for path in first:
+        np.testing.assert_array_equal(plain[path], asym[path], err_msg=path)
+    assert any(not np.array_equal(plain[p], asym[p]) for p in later)
 
 
 def test_quantized_model_equals_dequantized_weights(calibration_tokens,
@@ -125,9 +172,14 @@ class _Boom(Exception):
     pass
 
 
-@pytest.mark.parametrize("failure", [_Boom, KeyboardInterrupt])
-@pytest.mark.parametrize("where", ["solve", "write"])
-def test_failure_leaves_model_exactly_as_it_was(failure, where, monkeypatch,
+@pytest.mark.parametrize("failure,where,options", [
+    (_Boom, "solve", {}), (KeyboardInterrupt, "solve", {}),
+    (_Boom, "write", {}), (KeyboardInterrupt, "write", {}),
+    (KeyboardInterrupt, "solve", dict(asymmetric_calibration=True,
+                                      true_sequential=True)),
+])
+def test_failure_leaves_model_exactly_as_it_was(failure, where, options,
+                                                monkeypatch,
                                                 calibration_tokens,
                                                 heldout_tokens):
     model = build_causal_lm("llama3")
@@ -146,7 +198,8 @@ def test_failure_leaves_model_exactly_as_it_was(failure, where, monkeypatch,
 
     monkeypatch.setattr(target, name, failing)
     with pytest.raises(failure):
-        keras_gptq.quantize(model, _config(calibration_tokens), verbose=False)
+        keras_gptq.quantize(model, _config(calibration_tokens, **options),
+                            verbose=False)
     after = _snapshot(model)
     assert [p for p, _ in after] == [p for p, _ in before]
     for (path, a), (_, b) in zip(after, before):
