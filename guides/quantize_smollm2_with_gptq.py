@@ -172,6 +172,14 @@ when it is built. The knobs that matter most:
   attention output, then the MLP, each on inputs recomputed through the
   already-quantized layers (19.20 -> 19.15 at 128x256; about twice the
   forward passes).
+- `asymmetric_calibration`: GPTAQ ("GPTQv2", Li et al., ICML 2025). Plain
+  GPTQ fits each quantized layer to the float layer *on the quantized
+  model's inputs*, so the error earlier blocks left in those inputs is
+  never corrected. With this on, keras_gptq runs the float model alongside
+  and fits each layer to the float layer *on the float model's inputs*.
+  The largest single gain measured on this model (32x256 calibration:
+  act-order 20.32 -> 19.26; with static groups 19.66 -> 19.04; with static
+  groups and mse 18.80), for about twice the forward passes.
 - `symmetric`: a grid centred on zero (no zero point) instead of an
   asymmetric min/max grid. Asymmetric is usually more accurate.
 - `hessian_damping`: the fraction of the mean Hessian diagonal added to the
@@ -194,6 +202,7 @@ config = keras_gptq.GPTQConfig(
     activation_order=True,
     static_groups=True,
     mse=True,
+    asymmetric_calibration=True,
     symmetric=False,
     hessian_damping=0.01,
     num_samples=CALIBRATION_SAMPLES,
@@ -222,7 +231,11 @@ print(f"quantized in {time.perf_counter() - start:.0f} s")
 `model.gptq_report` has one entry per quantized layer: its `W[out, in]`
 shape, the grid, the damping used, the solver time, and two relative output
 errors on the calibration data, `tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`: one for RTN on
-the same grid and one for GPTQ. GPTQ's should be lower on every layer.
+the same grid and one for GPTQ. Plain GPTQ's is lower on every layer.
+With `asymmetric_calibration` the solver aims at the float model's outputs
+instead, not at the float layer on these inputs, so this error measures
+only part of what it optimizes, and a layer can show more error than RTN
+here while the model as a whole ends closer to float.
 """
 
 report = model.gptq_report

@@ -18,7 +18,9 @@ class LayerReport:
         bits, group_size: the grid used.
         rtn_error: relative output error of round-to-nearest on the same
             grid, `tr(dW H dW^T) / tr(W H W^T)` (what GPTQ improves on).
-        gptq_error: the same for GPTQ's weights.
+        gptq_error: the same for GPTQ's weights. With asymmetric
+            calibration the solver targets the float model's outputs, not
+            `W` on these inputs, so this can exceed `rtn_error`.
         damping: the damping fraction used (higher than configured when the
             Hessian needed it).
         seconds: solver time.
