@@ -40,7 +40,7 @@ def test_demo_prints_table_and_reloads_exactly(tiny_default_model, tmp_path,
     assert (out / "config.json").is_file()
     for name in ("float", "rtn", "gptq"):
         assert f"| {name} | {results[name]:.2f} |" in text
-    assert "act-order + static groups + mse" in text
+    assert "act-order + static groups + mse + asymmetric calibration" in text
     assert "true-sequential" not in text
     assert "4x32 calibration tokens" in text
     assert "of RTN's" in text or results["rtn"] <= results["float"]
@@ -57,12 +57,14 @@ def test_demo_flags_reach_the_config(tiny_default_model, monkeypatch):
     monkeypatch.setattr(demo.keras_gptq, "quantize", fake_quantize)
     with pytest.raises(KeyboardInterrupt):
         demo.main(SMALL + ["--no-static-groups", "--no-mse",
-                           "--true-sequential", "--no-act-order"])
+                           "--true-sequential", "--no-act-order",
+                           "--no-asymmetric-calibration"])
     assert (seen["static_groups"], seen["mse"], seen["true_sequential"],
-            seen["activation_order"]) == (False, False, True, False)
+            seen["activation_order"], seen["asymmetric_calibration"]) == (
+                False, False, True, False, False)
     seen.clear()
     with pytest.raises(KeyboardInterrupt):
         demo.main(["--best", "--eval-windows", "1"])
     assert (seen["num_samples"], seen["static_groups"], seen["mse"],
-            seen["true_sequential"], seen["activation_order"]) == (
-                256, True, True, True, True)
+            seen["asymmetric_calibration"], seen["activation_order"]) == (
+                128, True, True, True, True)
