@@ -4,7 +4,10 @@
 captures its target layers' inputs, accumulates their Hessians, solves each
 layer, puts the dequantized weights in place, and runs the *quantized* block
 to produce the next block's inputs, then puts the block's float weights
-back. Only when every block is done are the layers converted to packed
+back. With asymmetric calibration (GPTAQ) the float model's block inputs
+travel beside the quantized ones, so each layer's solve can pair what it
+receives in the float model with what it receives in the quantized one.
+Only when every block is done are the layers converted to packed
 storage; if anything fails or is interrupted on the way, every weight is put
 back and the model is left as it was.
 """
