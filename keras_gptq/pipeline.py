@@ -145,9 +145,9 @@ def _hessians(block, groups, calls, float_path=None):
     """One pass over the calls; one Hessian per group of shared inputs.
 
     Returns `{first layer of group: (H, dXXT)}`; `dXXT` is None unless
-    `float_path` is given: `(float_calls, float_kernels)`, the block's
-    inputs in the float model and the float kernels of the block's
-    already-solved layers. Then each batch first runs through the float
+    `float_path` is given: `(float_calls, swaps)`, the block's inputs in
+    the float model and `(layer, float_kernel, quantized_kernel)` for the
+    block's already-solved layers. Then each batch first runs through the float
     block (float kernels swapped in) to record what each layer receives in
     the float model, and the accumulators pair it with the same tokens'
     inputs in the quantized model (GPTAQ's asymmetric calibration).
@@ -169,10 +169,10 @@ def _hessians(block, groups, calls, float_path=None):
         else:
             owners[layer].add(rows(layer, x), float_rows[layer].pop(0))
 
+    float_calls, swaps = float_path or (None, ())
     for index, call in enumerate(calls):
-        if float_path is not None:
-            float_calls, float_kernels = float_path
-            with _kernels_swapped(float_kernels), \
+        if float_calls is not None:
+            with _float_kernels(swaps), \
                     capture.record_layer_inputs(list(owners), keep_float):
                 capture.run_block(block, [float_calls[index]])
         with capture.record_layer_inputs(list(owners), add):
@@ -182,18 +182,16 @@ def _hessians(block, groups, calls, float_path=None):
 
 
 @contextlib.contextmanager
-def _kernels_swapped(pairs):
-    """Assigns `kernel` to each `(layer, kernel)` pair, undone on exit."""
-    saved = [(layer, layer._kernel.value) for layer, _ in pairs]
-    # `.value` is the live tensor on some backends: copy it out first.
-    saved = [(layer, keras.ops.convert_to_numpy(v)) for layer, v in saved]
+def _float_kernels(swaps):
+    """Puts each `(layer, float_kernel, quantized_kernel)`'s float kernel
+    in place; the quantized one goes back on exit."""
     try:
-        for layer, kernel in pairs:
+        for layer, kernel, _ in swaps:
             layer._kernel.assign(kernel)
         yield
     finally:
-        for layer, kernel in saved:
-            layer._kernel.assign(kernel)
+        for layer, _, q_kernel in swaps:
+            layer._kernel.assign(q_kernel)
 
 
 def _solve_layer(layer, H, config, dXXT=None):
@@ -331,11 +329,11 @@ def _solve_block(block, layers, calls, config, solved, entries, bar,
     groups = _probe_groups(block, layers, calls[0]) if layers else []
     passes = [[g] for g in groups] if config.true_sequential else (
         [groups] if groups else [])
-    originals = []
+    originals, swaps = [], []
     try:
         for sub in passes:
             float_path = None if float_calls is None else (
-                float_calls, list(originals))
+                float_calls, list(swaps))
             hessians = _hessians(block, sub, calls, float_path)
             for group in sub:
                 for layer in group:
@@ -344,6 +342,7 @@ def _solve_block(block, layers, calls, config, solved, entries, bar,
                     kernel, q_kernel, result, entry = _solve_layer(
                         layer, H, config, dXXT)
                     originals.append((layer, kernel))
+                    swaps.append((layer, kernel, q_kernel))
                     layer._kernel.assign(q_kernel)
                     solved.append((layer, result))
                     entries.append(entry)
