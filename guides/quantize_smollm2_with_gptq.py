@@ -163,8 +163,7 @@ when it is built. The knobs that matter most:
   fitting each group when act-order reaches it. On this model it is a
   clear win (32x256 calibration: 20.52 -> 19.69), because its weights come
   from a GGUF file quantized in contiguous blocks of 32, which contiguous
-  groups respect. It also makes the quantized layers faster: their groups
-  dequantize with a reshape instead of a gather.
+  groups respect.
 - `mse`: search, for each group, the shrunken range `p * [min, max]` with
   the smallest rounding error instead of the full range (20.52 -> 19.32
   alone, 19.25 with static groups; it costs a few seconds per block).

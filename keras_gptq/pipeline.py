@@ -144,13 +144,15 @@ def _probe_groups(block, layers, call):
 def _hessians(block, groups, calls, float_path=None):
     """One pass over the calls; one Hessian per group of shared inputs.
 
-    Returns `{first layer of group: (H, dXXT)}`; `dXXT` is None unless
-    `float_path` is given: `(float_calls, swaps)`, the block's inputs in
-    the float model and `(layer, float_kernel, quantized_kernel)` for the
-    block's already-solved layers. Then each batch first runs through the float
-    block (float kernels swapped in) to record what each layer receives in
-    the float model, and the accumulators pair it with the same tokens'
-    inputs in the quantized model (GPTAQ's asymmetric calibration).
+    Returns `({first layer of group: (H, dXXT)}, float_outputs)`; `dXXT`
+    and `float_outputs` are None unless `float_path` is given:
+    `(float_calls, swaps)`, the block's inputs in the float model and
+    `(layer, float_kernel, quantized_kernel)` for the block's already-solved
+    layers. Then each batch first runs through the float block (float
+    kernels swapped in) to record what each layer receives in the float
+    model, and the accumulators pair it with the same tokens' inputs in the
+    quantized model (GPTAQ's asymmetric calibration). `float_outputs` are
+    that float block's outputs: the next block's float inputs.
     """
     owners = {g[0]: capture.HessianAccumulator(
         layout_lib.layer_layout(g[0]).columns,
@@ -170,15 +172,18 @@ def _hessians(block, groups, calls, float_path=None):
             owners[layer].add(rows(layer, x), float_rows[layer].pop(0))
 
     float_calls, swaps = float_path or (None, ())
+    float_outputs = None if float_calls is None else []
     for index, call in enumerate(calls):
         if float_calls is not None:
             with _float_kernels(swaps), \
                     capture.record_layer_inputs(list(owners), keep_float):
-                capture.run_block(block, [float_calls[index]])
+                float_outputs += capture.run_block(block,
+                                                   [float_calls[index]])
         with capture.record_layer_inputs(list(owners), add):
             capture.run_block(block, [call])
-    return {g[0]: (owners[g[0]].result(), owners[g[0]].cross_result())
-            for g in groups}
+    hessians = {g[0]: (owners[g[0]].result(), owners[g[0]].cross_result())
+                for g in groups}
+    return hessians, float_outputs
 
 
 @contextlib.contextmanager
@@ -216,12 +221,17 @@ def _solve_layer(layer, H, config, dXXT=None):
             f"group_size<={lay.columns}, -1, or `filters` to skip the layer."
         )
     start = time.perf_counter()
+    # RTN's grid: the report's baseline and, with static groups, the
+    # solver's grid too (fitted once: with mse it is the costly part).
+    rtn_grid = grid.group_params(W, config.group_size, config.weight_bits,
+                                 config.symmetric, config.mse)
     result = solver.solve_gptq(
         W, H, bits=config.weight_bits, group_size=config.group_size,
         symmetric=config.symmetric, activation_order=config.activation_order,
         static_groups=config.static_groups, block_size=config.block_size,
         damping=config.hessian_damping, mse=config.mse,
-        damping_step=config.damping_auto_increase, dXXT=dXXT)
+        damping_step=config.damping_auto_increase, dXXT=dXXT,
+        group_params=rtn_grid)
     seconds = time.perf_counter() - start
     Q = solver.dequantize(result.q, result.scale, result.zero, result.g_idx)
     if result.damping > config.hessian_damping:
@@ -230,7 +240,7 @@ def _solve_layer(layer, H, config, dXXT=None):
             f"raised from {config.hessian_damping:g} to {result.damping:g}.",
             stacklevel=4)
     entry = report_lib.layer_entry(layer.path, W, Q, H, config, result,
-                                   seconds)
+                                   seconds, rtn_grid=rtn_grid)
     return kernel, lay.matrix_to_kernel(Q), result, entry
 
 
@@ -309,32 +319,35 @@ def _walk(model, blocks, targets, batches, config, verbose, solved,
     with progress.bar(len(blocks), "blocks", "block", verbose) as block_bar, \
             progress.bar(total, "layers", "layer", verbose, 1) as layer_bar:
         for block in blocks:
-            next_calls = _solve_block(block, targets[id(block)], calls,
-                                      config, solved, entries, layer_bar,
-                                      float_calls)
-            if float_calls is not None:  # the block holds float weights
-                float_calls = capture.run_block(block, float_calls)
-            calls = next_calls
+            calls, float_calls = _solve_block(
+                block, targets[id(block)], calls, config, solved, entries,
+                layer_bar, float_calls)
             memory.release_freed_memory()  # this block's Hessians, inputs
             block_bar.update()
 
 
 def _solve_block(block, layers, calls, config, solved, entries, bar,
                  float_calls=None):
-    """Solves one block's layers; returns the next block's inputs.
+    """Solves one block's layers; returns the next block's inputs,
+    `(calls, float_calls)`.
 
-    `float_calls` (asymmetric calibration): the block's inputs in the
-    float model, for the same windows as `calls`.
+    `float_calls` (asymmetric calibration, else None): the block's inputs
+    in the float model, for the same windows as `calls`; the float outputs
+    come from the first Hessian pass, which runs the float block anyway.
     """
     groups = _probe_groups(block, layers, calls[0]) if layers else []
     passes = [[g] for g in groups] if config.true_sequential else (
         [groups] if groups else [])
     originals, swaps = [], []
+    next_float_calls = None
     try:
         for sub in passes:
             float_path = None if float_calls is None else (
                 float_calls, list(swaps))
-            hessians = _hessians(block, sub, calls, float_path)
+            hessians, float_outputs = _hessians(block, sub, calls,
+                                                float_path)
+            if next_float_calls is None:
+                next_float_calls = float_outputs
             for group in sub:
                 for layer in group:
                     bar.set_postfix_str(layer.path, refresh=False)
@@ -348,7 +361,10 @@ def _solve_block(block, layers, calls, config, solved, entries, bar,
                     entries.append(entry)
                     bar.update()
             del hessians
-        return capture.run_block(block, calls)
+        if float_calls is not None and next_float_calls is None:
+            # A block without target layers: no Hessian pass ran.
+            next_float_calls = capture.run_block(block, float_calls)
+        return capture.run_block(block, calls), next_float_calls
     finally:
         for layer, kernel in originals:
             layer._kernel.assign(kernel)

@@ -36,11 +36,15 @@ class LayerReport:
     seconds: float
 
 
-def layer_entry(name, W, Q, H, config, result, seconds):
-    """Builds a `LayerReport`, measuring RTN's error on the same grid."""
+def layer_entry(name, W, Q, H, config, result, seconds, rtn_grid=None):
+    """Builds a `LayerReport`, measuring RTN's error on the same grid.
+
+    `rtn_grid`: RTN's `(scale, zero)` from `grid.group_params`, when the
+    caller already has it.
+    """
     rtn = solver.dequantize(*grid.rtn_quantize(
         W, config.weight_bits, config.group_size, config.symmetric,
-        config.mse))
+        config.mse, params=rtn_grid))
     # One float32 product for the three quadratic forms tr(D H D^T).
     D = np.stack([W, W - rtn, W - Q]).astype(np.float32)
     reference, rtn_error, gptq_error = np.einsum(

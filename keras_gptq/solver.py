@@ -134,15 +134,6 @@ def inverse_cholesky(H, damping, damping_step=0.0, max_damping=1.0):
         damping = round(damping + damping_step, 10)
 
 
-def _static_params(W, size, bits, symmetric, mse):
-    scales, zeros = [], []
-    for start in range(0, W.shape[1], size):
-        s, z = grid.find_params(W[:, start:start + size], bits, symmetric, mse)
-        scales.append(s)
-        zeros.append(z)
-    return np.stack(scales, axis=1), np.stack(zeros, axis=1)
-
-
 def solve_gptq(
     W,
     H,
@@ -158,6 +149,7 @@ def solve_gptq(
     damping_step=0.0,
     dXXT=None,
     alpha=0.25,
+    group_params=None,
 ):
     """Quantizes `W` with GPTQ, using the Hessian `H` of its inputs.
 
@@ -179,6 +171,12 @@ def solve_gptq(
             `X~` minus quantized-model inputs `X` (asymmetric calibration,
             see the module docstring); None for plain GPTQ.
         alpha: weight of the asymmetric term (GPTAQ's 0.25).
+        group_params: optional `(scale, zero)` from `grid.group_params(W,
+            group_size, bits, symmetric, mse)`, the grid of plain RTN, which
+            a caller that also measures RTN already has. Used as the static
+            grid (`static_groups` or `group_size=-1`) instead of fitting it
+            again, unless `H` has dead columns (static groups are then
+            fitted with those columns zeroed, as the reference does).
 
     Returns:
         A `SolverResult`.
@@ -214,16 +212,26 @@ def solve_gptq(
         )
     size = columns if group_size == -1 else group_size
     static = group_size == -1 or static_groups
-    if group_size == -1:  # As the reference: fitted before dead columns.
-        scale, zero = _static_params(W, size, bits, symmetric, mse)
     dead = np.diag(H) == 0
+    if group_params is not None:
+        group_params = tuple(np.asarray(p, np.float64) for p in group_params)
+    if group_params and group_params[0].shape != (rows, -(-columns // size)):
+        raise ValueError(
+            f"`group_params` must hold [{rows}, {-(-columns // size)}] scales "
+            f"and zero points for `W` {W.shape} with group_size={group_size}.")
+    if group_size != -1 and dead.any():
+        group_params = None  # refitted below with the dead columns zeroed
+    if group_size == -1:  # As the reference: fitted before dead columns.
+        scale, zero = group_params or grid.group_params(
+            W, size, bits, symmetric, mse)
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
     if dXXT is not None:
         dXXT = np.array(dXXT, dtype=np.float64)
         dXXT[:, dead] = 0.0
     if static_groups and group_size != -1:
-        scale, zero = _static_params(W, size, bits, symmetric, mse)
+        scale, zero = group_params or grid.group_params(
+            W, size, bits, symmetric, mse)
     natural_g_idx = (np.arange(columns) // size).astype(np.int32)
     perm = np.arange(columns)
     if activation_order:

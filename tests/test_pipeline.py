@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import keras_gptq
+from keras_gptq import capture
 from keras_gptq import pipeline
 from keras_gptq import solver
 from keras_gptq import storage
@@ -134,6 +135,36 @@ def test_asymmetric_calibration_leaves_the_first_block_as_plain_gptq(
     for path in first:
         np.testing.assert_array_equal(plain[path], asym[path], err_msg=path)
     assert any(not np.array_equal(plain[p], asym[p]) for p in later)
+
+
+@pytest.mark.parametrize("options,filters", [
+    (dict(), None),
+    (dict(true_sequential=True), None),
+    (dict(), lambda layer: "transformer_layer_0/" not in layer.path)])
+def test_asymmetric_calibration_feeds_each_block_the_float_inputs(
+        options, filters, calibration_tokens, monkeypatch):
+    """The float inputs handed to the second block must be the float
+    block's outputs: they come from the first Hessian pass's float run
+    (or, for a block without target layers, from a run of its own)."""
+    seen = []
+    original = pipeline._solve_block
+
+    def spy(block, layers, calls, config, solved, entries, bar,
+            float_calls=None):
+        seen.append(list(float_calls))
+        return original(block, layers, calls, config, solved, entries, bar,
+                        float_calls)
+
+    monkeypatch.setattr(pipeline, "_solve_block", spy)
+    keras_gptq.quantize(build_causal_lm("llama3"), _config(
+        calibration_tokens, asymmetric_calibration=True, **options),
+        filters=filters, verbose=False)
+    float_block = build_causal_lm("llama3").backbone.transformer_layers[0]
+    assert len(seen) == 2 and len(seen[1]) == 4  # 32 windows in batches of 8
+    expected = capture.run_block(float_block, seen[0])
+    for (got, _), (want, _) in zip(seen[1], expected):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(got[0]),
+                                      keras.ops.convert_to_numpy(want[0]))
 
 
 def test_quantized_model_equals_dequantized_weights(calibration_tokens,

@@ -153,6 +153,74 @@ def test_mse_search_matches_reference_grid(bits, sym):
         + 1e-30)
 
 
+@pytest.mark.parametrize("mse", [False, True])
+@pytest.mark.parametrize("group", [16, 24, -1])
+def test_group_params_equal_one_fit_per_group(group, mse):
+    # All groups fitted in one call (and the MSE search split over threads)
+    # must give exactly what fitting each group on its own gives, the
+    # shorter last group included (40 columns in groups of 24).
+    rng = np.random.default_rng(group + 2)
+    w = (rng.standard_normal((70, 40)) * 0.02).astype(np.float32)
+    w[:, 3] *= 6.0
+    scale, zero = grid.group_params(w, group, 3, False, mse)
+    size = 40 if group == -1 else group
+    for g, start in enumerate(range(0, 40, size)):
+        s, z = grid.find_params(w[:, start:start + size], 3, False, mse)
+        np.testing.assert_array_equal(scale[:, g], s)
+        np.testing.assert_array_equal(zero[:, g], z)
+
+
+def test_threaded_mse_search_equals_one_thread(monkeypatch):
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal((301, 64)) * 0.02).astype(np.float32)
+    w[:, 0] *= 8.0
+    one = grid.find_params(w, 4, False, mse=True)
+    monkeypatch.setattr(grid, "_MSE_THREAD_MIN_ELEMENTS", 16)
+    monkeypatch.setattr(grid, "_cpu_count", lambda: 3)
+    three = grid.find_params(w, 4, False, mse=True)
+    for a, b in zip(one, three):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("group,static", [(32, True), (32, False), (-1, False)])
+def test_given_group_params_give_the_same_result(group, static):
+    W, H = _problem(24, 96, seed=11)
+    kwargs = dict(bits=4, group_size=group, activation_order=True,
+                  static_groups=static, mse=True)
+    params = grid.group_params(W, group, 4, False, mse=True)
+    fitted = solver.solve_gptq(W, H, **kwargs)
+    given = solver.solve_gptq(W, H, group_params=params, **kwargs)
+    for name in ("q", "scale", "zero", "g_idx"):
+        np.testing.assert_array_equal(getattr(given, name),
+                                      getattr(fitted, name))
+    q, s, z, _ = grid.rtn_quantize(W, 4, group, False, mse=True,
+                                   params=params)
+    ref = grid.rtn_quantize(W, 4, group, False, mse=True)
+    for a, b in zip((q, s, z), ref):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_given_group_params_are_refitted_around_dead_columns():
+    # Static groups are fitted with dead columns zeroed (as the reference
+    # does), so a grid fitted on the raw W must not be used there.
+    W, H = _problem(24, 64, seed=12)
+    H[5, :] = H[:, 5] = 0.0
+    W[:, 5] = 1.0  # a large weight on a dead input
+    kwargs = dict(bits=4, group_size=32, static_groups=True)
+    raw = grid.group_params(W, 32, 4, False)
+    given = solver.solve_gptq(W, H, group_params=raw, **kwargs)
+    fitted = solver.solve_gptq(W, H, **kwargs)
+    np.testing.assert_array_equal(given.scale, fitted.scale)
+    assert not np.allclose(given.scale[:, 0], raw[0][:, 0])
+
+
+def test_group_params_shape_is_checked():
+    W, H = _problem(8, 64, seed=1)
+    with pytest.raises(ValueError, match="group_params"):
+        solver.solve_gptq(W, H, group_size=32, static_groups=True,
+                          group_params=(np.ones((8, 3)), np.zeros((8, 3))))
+
+
 def _asymmetric_problem(rows, columns, seed, tokens=2048, drift=0.2):
     """Quantized-model inputs `X` and float-model inputs `X~ = X + drift`,
     as a layer deep in a quantized model sees them; returns
