@@ -47,12 +47,29 @@ def test_recorded_inputs_reach_the_callback_and_calls_are_restored():
                                keras.ops.convert_to_numpy(y))
 
 
+def _backend_sees_an_accelerator():
+    """Asks the backend itself, not the way `capture` finds out."""
+    backend = keras.config.backend()
+    if backend == "jax":
+        import jax
+        return jax.default_backend() != "cpu"
+    if backend == "tensorflow":
+        import tensorflow as tf
+        return bool(tf.config.list_physical_devices("GPU")
+                    or tf.config.list_physical_devices("TPU"))
+    import torch
+    return torch.cuda.is_available()
+
+
 def test_host_accumulation_on_cpu_device_on_accelerator():
-    # This machine has no accelerator: the default must be the host path
-    # (bit-identical across backends); `on_device` forces either.
-    assert capture.on_accelerator() is False
-    assert capture.HessianAccumulator(4).on_device is False
+    # On a CPU-only machine the default must be the host path (bit-identical
+    # across backends); with a GPU/TPU the device path. `on_device` forces
+    # either.
+    assert capture.on_accelerator() is _backend_sees_an_accelerator()
+    assert capture.HessianAccumulator(4).on_device is (
+        capture.on_accelerator())
     assert capture.HessianAccumulator(4, on_device=True).on_device is True
+    assert capture.HessianAccumulator(4, on_device=False).on_device is False
 
 
 @pytest.mark.parametrize("on_device", [False, True])
