@@ -6,7 +6,8 @@ the bundled Wikipedia text (from `gensim`), measures float perplexity,
 round-to-nearest at the same grid, quantizes with keras_gptq (4-bit, group
 128, act-order with static groups, the MSE range search and asymmetric
 calibration (GPTAQ) by default), saves the preset, reloads it in a fresh
-process and checks the logits, then prints one table. `--best` runs the
+process and checks the logits, then prints one table and the greedy
+continuations of two prompts by each model, side by side. `--best` runs the
 most accurate setting measured on this model (the same at 128 x 256
 calibration tokens).
 """
@@ -24,7 +25,11 @@ import numpy as np
 
 import keras_gptq
 from keras_gptq import bundled
+from keras_gptq import evaluation
 from keras_gptq import pipeline
+
+# The seed table's prompts: greedy continuations side by side.
+PROMPTS = ["The history of the city", "Photosynthesis is the process"]
 
 
 def _dir_mb(path):
@@ -83,8 +88,14 @@ def parse_args(argv=None):
                    "calibration on")
     p.add_argument("--eval-windows", type=int, default=8,
                    help="evaluation windows of 512 tokens (default 8)")
+    p.add_argument("--gen-length", type=int, default=32,
+                   help="prompt + generated tokens of the side-by-side "
+                   "greedy generations (default 32; 0 skips them)")
     p.add_argument("--out", default=None, help="where to save the preset")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.gen_length < 0:
+        p.error("--gen-length must be 0 (skip) or a positive token count")
+    return args
 
 
 def main(argv=None):
@@ -97,15 +108,24 @@ def main(argv=None):
     model = bundled.load_default_model()
     tokenizer = model.preprocessor.tokenizer
     eval_tokens = 512 * args.eval_windows + 1
-    evaluation = bundled.evaluation_texts()
+    eval_texts = bundled.evaluation_texts()
     ppl = lambda m: keras_gptq.evaluate_perplexity(  # noqa: E731
-        m, evaluation, tokenizer, sequence_length=512,
+        m, eval_texts, tokenizer, sequence_length=512,
         max_tokens=eval_tokens, verbose=False)
+    generations = {}
+
+    def generate(name):
+        if args.gen_length:
+            generations[name] = evaluation.generate_greedy(
+                model, PROMPTS, max_length=args.gen_length)
+
     results = {"float": ppl(model)}
     print(f"float perplexity {results['float']:.2f}", flush=True)
+    generate("float")
     originals = pipeline.rtn_in_place(model, args.bits, args.group_size)
     results["rtn"] = ppl(model)
     print(f"RTN perplexity {results['rtn']:.2f}", flush=True)
+    generate("rtn")
     for layer, kernel in originals:
         layer._kernel.assign(kernel)
     config = keras_gptq.GPTQConfig(
@@ -122,6 +142,8 @@ def main(argv=None):
     results["seconds"] = time.perf_counter() - t0
     results["gptq"] = ppl(model)
     print(f"GPTQ perplexity {results['gptq']:.2f}", flush=True)
+    generate("gptq")
+    results["generations"] = generations
     workdir = tempfile.mkdtemp(prefix="keras_gptq_demo_")
     out = args.out or os.path.join(workdir, "preset")
     model.save_to_preset(out)
@@ -164,6 +186,10 @@ def _print_table(r, args, total, out):
           f"{r['reload_error']:.1e} (fresh process)")
     print(f"peak memory (RSS)   {r['peak_rss_mb']:.0f} MB")
     print(f"total demo time     {total:.0f} s")
+    for i, prompt in enumerate(PROMPTS if r["generations"] else ()):
+        print(f"\nGreedy, {args.gen_length} tokens: {prompt!r}")
+        for name, texts in r["generations"].items():
+            print(f"  {name:<5} {' '.join(texts[i].split())}")
 
 
 if __name__ == "__main__":

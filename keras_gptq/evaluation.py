@@ -84,3 +84,65 @@ def evaluate_perplexity(model, data, tokenizer=None, sequence_length=512,
                 count += part.size
             bar.update(len(batch))
     return math.exp(total / count)
+
+
+def generate_greedy(model, prompts, max_length=48):
+    """Greedy continuations of `prompts` from a KerasHub causal LM.
+
+    The model's own `generate` runs with the greedy sampler, so a float and
+    a quantized model can be compared word for word on the same prompts.
+    The model's sampler is put back afterwards; nothing else changes (its
+    optimizer and loss are not touched, unlike `compile(sampler=...)`).
+
+    Args:
+        model: a KerasHub `CausalLM` with a preprocessor.
+        prompts: a string or a list of strings.
+        max_length: prompt plus generated tokens, at most.
+
+    Returns:
+        A list of strings, one per prompt (the prompt and its continuation).
+
+    Raises:
+        TypeError: if `model` cannot generate text or `prompts` are not
+            strings.
+        ValueError: if `max_length` is not a positive integer.
+
+    Example:
+
+    ```python
+    before = generate_greedy(model, ["The history of the city"])
+    keras_gptq.quantize(model, config)
+    after = generate_greedy(model, ["The history of the city"])
+    ```
+    """
+    if not hasattr(model, "generate") or getattr(
+            model, "preprocessor", None) is None:
+        raise TypeError(
+            "`model` must be a KerasHub CausalLM with a preprocessor (it "
+            f"needs `generate` and a tokenizer), but received "
+            f"{type(model).__name__}.")
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise TypeError(
+            "`prompts` must be a string or a non-empty list of strings, but "
+            f"received {prompts!r}.")
+    if not _is_int(max_length) or max_length < 1:
+        raise ValueError(
+            f"`max_length` must be a positive integer, but received "
+            f"{max_length!r}.")
+    from keras_hub.samplers import GreedySampler
+
+    had_sampler = "sampler" in model.__dict__
+    sampler = getattr(model, "sampler", None)
+    model.sampler = GreedySampler()
+    model.generate_function = None
+    try:
+        with capture.no_grad():  # one batch: one compiled generate call
+            outputs = model.generate(prompts, max_length=max_length)
+        return [str(text) for text in outputs]
+    finally:
+        if had_sampler:
+            model.sampler = sampler
+        else:
+            del model.sampler
+        model.generate_function = None

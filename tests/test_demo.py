@@ -3,7 +3,7 @@
 The bundled-model loader is pointed at a tiny random llama GGUF (the same
 converter path as the real SmolLM2 file); the text is the real bundled
 Wikipedia split. The demo quantizes, saves, reloads in a fresh process and
-prints its table.
+prints its table and the greedy generations side by side.
 """
 
 import pytest
@@ -45,6 +45,22 @@ def test_demo_prints_table_and_reloads_exactly(tiny_default_model, tmp_path,
     assert "4x32 calibration tokens" in text
     assert "of RTN's" in text or results["rtn"] <= results["float"]
     assert results["preset_mb"] < results["float_mb"]
+    # Greedy continuations of the same prompts, side by side.
+    assert sorted(results["generations"]) == ["float", "gptq", "rtn"]
+    for i, prompt in enumerate(demo.PROMPTS):
+        assert f"Greedy, 32 tokens: {prompt!r}" in text
+        for name, texts in results["generations"].items():
+            assert f"  {name:<5} {' '.join(texts[i].split())}" in text
+
+
+def test_demo_generation_can_be_skipped_and_checks_its_length(
+        tiny_default_model, capsys):
+    results = demo.main(SMALL + ["--gen-length", "0"])
+    assert results["generations"] == {}
+    assert "Greedy" not in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        demo.main(SMALL + ["--gen-length", "-1"])
+    assert "--gen-length" in capsys.readouterr().err
 
 
 def test_demo_flags_reach_the_config(tiny_default_model, monkeypatch):

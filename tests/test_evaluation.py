@@ -10,7 +10,10 @@ import math
 import numpy as np
 import pytest
 
+import keras
+
 import keras_gptq
+from keras_gptq import evaluation
 from conftest import build_causal_lm, logits, markov_tokens
 
 SEQ = 32
@@ -160,3 +163,66 @@ def test_text_without_tokenizer_names_tokenizer(model):
     with pytest.raises(ValueError, match="tokenizer"):
         keras_gptq.evaluate_perplexity(model, ["some text"],
                                        sequence_length=SEQ)
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    """A tiny random llama with a real tokenizer (from a tiny GGUF)."""
+    from keras_gptq import bundled
+    from test_bundled import random_hf_weights, write_tiny_gguf
+    tmp = tmp_path_factory.mktemp("gen")
+    gguf = write_tiny_gguf(str(tmp / "tiny.gguf"),
+                           random_hf_weights(seed=1, tied=True))
+    folder = str(tmp / "hf")
+    bundled.convert_gguf_to_hf_folder(gguf, folder)
+    return bundled.load_llama_folder(folder)
+
+
+def _greedy_by_hand(model, prompt, max_length):
+    """Independent greedy decoding: full forward passes, argmax of the
+    last position, stop at the end token; KerasHub's own pre/postprocess."""
+    pre = model.preprocessor
+    x = pre.generate_preprocess([prompt], sequence_length=max_length)
+    ids = np.array(keras.ops.convert_to_numpy(x["token_ids"]))
+    mask = np.array(keras.ops.convert_to_numpy(x["padding_mask"]))
+    end = pre.tokenizer.end_token_id
+    for t in range(int(mask[0].sum()), max_length):
+        # One fixed shape (no recompiling per length): causal attention
+        # keeps position t-1 blind to the placeholders after it.
+        out = model({"token_ids": ids.astype("int32"),
+                     "padding_mask": np.ones_like(ids, "int32")})
+        ids[0, t] = int(np.argmax(keras.ops.convert_to_numpy(out)[0, t - 1]))
+        mask[0, t] = True
+        if ids[0, t] == end:
+            break
+    text = pre.generate_postprocess({"token_ids": ids, "padding_mask": mask})
+    return str(np.asarray(keras.ops.convert_to_numpy(text)).reshape(-1)[0]
+               if not isinstance(text, (str, list)) else
+               (text[0] if isinstance(text, list) else text))
+
+
+def test_generate_greedy_is_argmax_decoding_and_keeps_the_sampler(
+        text_model):
+    sampler = text_model.sampler
+    optimizer = text_model.optimizer
+    prompts = ["The city", "Photosynthesis"]
+    # The tiny tokenizer spends about one token per character: 40 tokens
+    # leave room to generate after each prompt.
+    got = evaluation.generate_greedy(text_model, prompts, max_length=40)
+    assert got == [_greedy_by_hand(text_model, p, 40) for p in prompts]
+    assert all(g.startswith(p) and len(g) > len(p)
+               for g, p in zip(got, prompts)), got
+    assert text_model.sampler is sampler
+    assert text_model.optimizer is optimizer
+    assert evaluation.generate_greedy(text_model, prompts[0], 40) == got[:1]
+
+
+def test_generate_greedy_errors(text_model, model):
+    with pytest.raises(TypeError, match="preprocessor"):
+        evaluation.generate_greedy(model, ["x"])
+    with pytest.raises(TypeError, match="prompts"):
+        evaluation.generate_greedy(text_model, [1, 2])
+    with pytest.raises(TypeError, match="prompts"):
+        evaluation.generate_greedy(text_model, [])
+    with pytest.raises(ValueError, match="max_length"):
+        evaluation.generate_greedy(text_model, "x", max_length=0)
