@@ -127,8 +127,10 @@ print(f"float perplexity: {float_ppl:.2f} "
 
 """
 Greedy decoding makes the comparison deterministic: the same model always
-writes the same continuation. We generate from the float model now, before
-quantizing it in place.
+writes the same continuation. `keras_gptq.evaluation.generate_greedy` runs
+the model's own `generate` with KerasHub's greedy sampler on a batch of
+prompts, and puts the model's sampler back afterwards. We generate from the
+float model now, before quantizing it in place.
 """
 
 PROMPTS = [
@@ -138,8 +140,8 @@ PROMPTS = [
 
 
 def generate(causal_lm):
-    causal_lm.compile(sampler="greedy")
-    return [causal_lm.generate(p, max_length=MAX_LENGTH) for p in PROMPTS]
+    return keras_gptq.evaluation.generate_greedy(causal_lm, PROMPTS,
+                                                 max_length=MAX_LENGTH)
 
 
 float_texts = generate(model)
