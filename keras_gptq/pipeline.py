@@ -338,7 +338,7 @@ def _solve_block(block, layers, calls, config, solved, entries, bar,
     groups = _probe_groups(block, layers, calls[0]) if layers else []
     passes = [[g] for g in groups] if config.true_sequential else (
         [groups] if groups else [])
-    originals, swaps = [], []
+    swaps = []  # (layer, float kernel, quantized kernel), solved so far
     next_float_calls = None
     try:
         for sub in passes:
@@ -354,7 +354,6 @@ def _solve_block(block, layers, calls, config, solved, entries, bar,
                     H, dXXT = hessians[group[0]]
                     kernel, q_kernel, result, entry = _solve_layer(
                         layer, H, config, dXXT)
-                    originals.append((layer, kernel))
                     swaps.append((layer, kernel, q_kernel))
                     layer._kernel.assign(q_kernel)
                     solved.append((layer, result))
@@ -366,7 +365,7 @@ def _solve_block(block, layers, calls, config, solved, entries, bar,
             next_float_calls = capture.run_block(block, float_calls)
         return capture.run_block(block, calls), next_float_calls
     finally:
-        for layer, kernel in originals:
+        for layer, kernel, _ in swaps:
             layer._kernel.assign(kernel)
 
 

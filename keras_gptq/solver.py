@@ -212,12 +212,13 @@ def solve_gptq(
         )
     size = columns if group_size == -1 else group_size
     static = group_size == -1 or static_groups
+    n_groups = -(-columns // size)
     dead = np.diag(H) == 0
     if group_params is not None:
         group_params = tuple(np.asarray(p, np.float64) for p in group_params)
-    if group_params and group_params[0].shape != (rows, -(-columns // size)):
+    if group_params and group_params[0].shape != (rows, n_groups):
         raise ValueError(
-            f"`group_params` must hold [{rows}, {-(-columns // size)}] scales "
+            f"`group_params` must hold [{rows}, {n_groups}] scales "
             f"and zero points for `W` {W.shape} with group_size={group_size}.")
     if group_size != -1 and dead.any():
         group_params = None  # refitted below with the dead columns zeroed
@@ -249,7 +250,6 @@ def solve_gptq(
     Wt = np.ascontiguousarray(W.T)  # [in, out]: column i of W is row i.
     Qt = np.empty((columns, rows), dtype=np.float32)
     if not static:
-        n_groups = -(-columns // size)
         scale = np.empty((rows, n_groups))
         zero = np.empty((rows, n_groups))
     col_group = natural_g_idx[perm] if static else natural_g_idx
