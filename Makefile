@@ -22,7 +22,7 @@ install: $(VENV)/.installed
 
 # The main job: quantize the bundled real model, print the before/after table.
 demo: install
-	KERAS_BACKEND=jax $(PY) -m keras_gptq.demo $(DEMO_ARGS)
+	KERAS_BACKEND=jax $(PY) -m keras_gptq.examples.demo $(DEMO_ARGS)
 
 # The fast suite under each backend, then the slow real-model tests (the
 # bundled SmolLM2-135M) under $(SLOW_BACKEND). Any failure, or no test run

@@ -14,7 +14,7 @@ import argparse
 import time
 
 import keras_gptq
-from keras_gptq import bundled
+from keras_gptq.examples import bundled
 
 VARIANTS = [
     ("act-order (demo default)", dict(activation_order=True)),

@@ -25,9 +25,9 @@ import numpy as np
 import psutil
 
 import keras_gptq
-from keras_gptq import bundled
-from keras_gptq import capture
-from keras_gptq import pipeline
+from keras_gptq.examples import bundled
+from keras_gptq.model import capture
+from keras_gptq.model import pipeline
 
 MB = 2**20
 

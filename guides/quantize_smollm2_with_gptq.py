@@ -64,7 +64,7 @@ import keras
 import keras_hub
 
 import keras_gptq
-from keras_gptq import bundled
+from keras_gptq.examples import bundled
 
 """
 The sizes below are the ones the numbers in this guide were measured with.

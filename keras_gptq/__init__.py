@@ -7,21 +7,21 @@ Public API:
     export_hf(model, folder, ...): write a Hugging Face GPTQ folder.
     load_hf_gptq(folder): load a Hugging Face GPTQ folder as a CausalLM.
 
-Importing this package also routes `model.quantize("gptq", config=...)` with
-a `keras_gptq.GPTQConfig` to `quantize`, registers the storage that lets
-`from_preset` reload keras_gptq presets (see `keras_gptq.storage`), and makes
-`save_to_preset` all-or-nothing (see `keras_gptq.saving`).
+Importing this package applies keras_gptq's patches of Keras and KerasHub
+(all listed, with the reason for each, in `keras_gptq.keras_patches`):
+`model.quantize("gptq", config=...)` with a `keras_gptq.GPTQConfig` runs
+`quantize`, `from_preset` reloads keras_gptq presets, and `save_to_preset`
+is all-or-nothing.
 """
 
-from keras_gptq import integration as _integration  # noqa: F401
-from keras_gptq import presets as _presets  # noqa: F401
-from keras_gptq import saving as _saving  # noqa: F401
-from keras_gptq import storage as _storage  # noqa: F401
+from keras_gptq import keras_patches as _keras_patches
 from keras_gptq.config import GPTQConfig
 from keras_gptq.evaluation import evaluate_perplexity
-from keras_gptq.hf_export import export_hf
-from keras_gptq.hf_import import load_hf_gptq
-from keras_gptq.pipeline import quantize
+from keras_gptq.hf.export import export_hf
+from keras_gptq.hf.load import load_hf_gptq
+from keras_gptq.model.pipeline import quantize
+
+_keras_patches.install()
 
 __all__ = ["GPTQConfig", "evaluate_perplexity", "export_hf", "load_hf_gptq",
            "quantize"]

@@ -6,11 +6,15 @@ mode runs unchanged; the rest are the reference implementation's knobs that
 Keras does not expose.
 """
 
+import dataclasses
+import functools
 import numbers
+import typing
 
 import keras
 
-_SUPPORTED_BITS = (2, 3, 4, 8)
+SUPPORTED_BITS = (2, 3, 4, 8)  # every bit width keras_gptq packs and exports
+CONFIG_VERSION = 1  # `get_config()["version"]`; bump when the meaning changes
 
 
 def _check_int(name, value, minimum=None, allowed=None, fix=""):
@@ -32,6 +36,16 @@ def _check_int(name, value, minimum=None, allowed=None, fix=""):
     return int(value)
 
 
+def _check_group_size(name, value):
+    value = _check_int(name, value, minimum=-1)
+    if value == 0:
+        raise ValueError(
+            f"`{name}` must be -1 (one group per output channel) or a "
+            "positive integer such as 128, but received 0."
+        )
+    return value
+
+
 def _check_bool(name, value):
     if not isinstance(value, bool):
         raise TypeError(
@@ -41,7 +55,7 @@ def _check_bool(name, value):
     return value
 
 
-def _check_fraction(name, value, low, high, fix=""):
+def _check_fraction(name, value, low=0.0, high=1.0, fix=""):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
             f"`{name}` must be a number, but received {value!r} "
@@ -55,7 +69,7 @@ def _check_fraction(name, value, low, high, fix=""):
     return float(value)
 
 
-def _check_structure(structure):
+def _check_structure(name, structure):
     if structure is None:
         return None
     if not isinstance(structure, dict) or "sequential_blocks" not in structure:
@@ -81,7 +95,41 @@ def _check_structure(structure):
     return structure
 
 
+_int = functools.partial(functools.partial, _check_int)
+_fraction = functools.partial(functools.partial, _check_fraction)
+
+# One validator per argument, in signature order: `check(name, value)`
+# returns the value to store (Python int/float/bool) or raises.
+_VALIDATORS = {
+    "weight_bits": _int(allowed=SUPPORTED_BITS),
+    "num_samples": _int(
+        minimum=1, fix="Use at least one calibration window (128 is "
+        "typical)."),
+    "per_channel": _check_bool,
+    "sequence_length": _int(
+        minimum=2, fix="Windows need at least 2 tokens (512 is typical)."),
+    "hessian_damping": _fraction(fix="Typical values are 0.01 to 0.1."),
+    "group_size": _check_group_size,
+    "symmetric": _check_bool,
+    "activation_order": _check_bool,
+    "quantization_layer_structure": _check_structure,
+    "static_groups": _check_bool,
+    "true_sequential": _check_bool,
+    "mse": _check_bool,
+    "block_size": _int(minimum=1, fix="128 is the reference's value."),
+    "calibration_batch_size": _int(
+        minimum=1, fix="Lower it if calibration runs out of memory."),
+    "damping_auto_increase": _fraction(
+        fix="Use 0 to disable the retry, or a step such as 0.01."),
+    "seed": _int(minimum=0),
+    "asymmetric_calibration": _check_bool,
+}
+# Calibration-time objects: not serialized (stored as None, as Keras does).
+_NOT_SERIALIZED = ("dataset", "tokenizer", "quantization_layer_structure")
+
+
 @keras.saving.register_keras_serializable(package="keras_gptq")
+@dataclasses.dataclass(eq=False, repr=False)
 class GPTQConfig:
     """Configuration of a keras_gptq GPTQ run.
 
@@ -133,6 +181,7 @@ class GPTQConfig:
     Raises:
         TypeError, ValueError: for any argument outside its domain; the
             message names the argument, the value received and the fix.
+            Each argument has one validator, in `_VALIDATORS`.
 
     Example:
 
@@ -143,79 +192,33 @@ class GPTQConfig:
     ```
     """
 
-    def __init__(
-        self,
-        dataset,
-        tokenizer=None,
-        *,
-        weight_bits=4,
-        num_samples=128,
-        per_channel=True,
-        sequence_length=512,
-        hessian_damping=0.01,
-        group_size=128,
-        symmetric=False,
-        activation_order=False,
-        quantization_layer_structure=None,
-        static_groups=False,
-        true_sequential=False,
-        mse=False,
-        block_size=128,
-        calibration_batch_size=8,
-        damping_auto_increase=0.01,
-        seed=0,
-        asymmetric_calibration=False,
-    ):
-        self.dataset = dataset
-        self.tokenizer = tokenizer
-        self.weight_bits = _check_int(
-            "weight_bits", weight_bits, allowed=_SUPPORTED_BITS
-        )
-        self.num_samples = _check_int(
-            "num_samples", num_samples, minimum=1,
-            fix="Use at least one calibration window (128 is typical).",
-        )
-        self.per_channel = _check_bool("per_channel", per_channel)
-        self.sequence_length = _check_int(
-            "sequence_length", sequence_length, minimum=2,
-            fix="Windows need at least 2 tokens (512 is typical).",
-        )
-        self.hessian_damping = _check_fraction(
-            "hessian_damping", hessian_damping, 0.0, 1.0,
-            fix="Typical values are 0.01 to 0.1.",
-        )
-        self.group_size = _check_int("group_size", group_size, minimum=-1)
-        if self.group_size == 0:
-            raise ValueError(
-                "`group_size` must be -1 (one group per output channel) or a "
-                "positive integer such as 128, but received 0."
-            )
-        self.symmetric = _check_bool("symmetric", symmetric)
-        self.activation_order = _check_bool(
-            "activation_order", activation_order
-        )
-        self.quantization_layer_structure = _check_structure(
-            quantization_layer_structure
-        )
-        self.static_groups = _check_bool("static_groups", static_groups)
-        self.true_sequential = _check_bool("true_sequential", true_sequential)
-        self.mse = _check_bool("mse", mse)
-        self.block_size = _check_int(
-            "block_size", block_size, minimum=1,
-            fix="128 is the reference's value.",
-        )
-        self.calibration_batch_size = _check_int(
-            "calibration_batch_size", calibration_batch_size, minimum=1,
-            fix="Lower it if calibration runs out of memory.",
-        )
-        self.damping_auto_increase = _check_fraction(
-            "damping_auto_increase", damping_auto_increase, 0.0, 1.0,
-            fix="Use 0 to disable the retry, or a step such as 0.01.",
-        )
-        self.seed = _check_int("seed", seed, minimum=0)
-        self.asymmetric_calibration = _check_bool(
-            "asymmetric_calibration", asymmetric_calibration)
-        if dataset is None:
+    dataset: typing.Any
+    tokenizer: typing.Any = None
+    _: dataclasses.KW_ONLY
+    weight_bits: int = 4
+    num_samples: int = 128
+    per_channel: bool = True
+    sequence_length: int = 512
+    hessian_damping: float = 0.01
+    group_size: int = 128
+    symmetric: bool = False
+    activation_order: bool = False
+    quantization_layer_structure: dict = None
+    static_groups: bool = False
+    true_sequential: bool = False
+    mse: bool = False
+    block_size: int = 128
+    calibration_batch_size: int = 8
+    damping_auto_increase: float = 0.01
+    seed: int = 0
+    asymmetric_calibration: bool = False
+
+    version: typing.ClassVar[int] = CONFIG_VERSION
+
+    def __post_init__(self):
+        for name, check in _VALIDATORS.items():
+            setattr(self, name, check(name, getattr(self, name)))
+        if self.dataset is None:
             raise ValueError(
                 "`dataset` is required: pass a list of strings, a text file "
                 "path, or integer token ids for calibration."
@@ -231,32 +234,15 @@ class GPTQConfig:
         return f"gptq/{self.weight_bits}/{self.group_size}"
 
     def get_config(self):
-        """Returns the arguments as a JSON-friendly dict.
+        """Returns the arguments as a JSON-friendly dict, with `version`.
 
         `dataset`, `tokenizer` and `quantization_layer_structure` are
         calibration-time objects and are stored as `None`, as Keras does.
         """
-        return {
-            "dataset": None,
-            "tokenizer": None,
-            "weight_bits": self.weight_bits,
-            "num_samples": self.num_samples,
-            "per_channel": self.per_channel,
-            "sequence_length": self.sequence_length,
-            "hessian_damping": self.hessian_damping,
-            "group_size": self.group_size,
-            "symmetric": self.symmetric,
-            "activation_order": self.activation_order,
-            "quantization_layer_structure": None,
-            "static_groups": self.static_groups,
-            "true_sequential": self.true_sequential,
-            "mse": self.mse,
-            "block_size": self.block_size,
-            "calibration_batch_size": self.calibration_batch_size,
-            "damping_auto_increase": self.damping_auto_increase,
-            "seed": self.seed,
-            "asymmetric_calibration": self.asymmetric_calibration,
-        }
+        config = {f.name: None if f.name in _NOT_SERIALIZED else getattr(
+            self, f.name) for f in dataclasses.fields(self)}
+        config["version"] = self.version
+        return config
 
     @classmethod
     def from_config(cls, config, dataset=None, tokenizer=None):
@@ -269,8 +255,18 @@ class GPTQConfig:
 
         Returns:
             A `GPTQConfig`.
+
+        Raises:
+            ValueError: the config was written by a newer keras_gptq
+                (`version` above this one's), or holds invalid values.
         """
         config = dict(config)
+        version = config.pop("version", CONFIG_VERSION)
+        if not isinstance(version, int) or version > CONFIG_VERSION:
+            raise ValueError(
+                f"This GPTQConfig has `version`={version!r}, but this "
+                f"keras_gptq reads versions up to {CONFIG_VERSION}. Upgrade "
+                "keras_gptq.")
         config["dataset"] = dataset if dataset is not None else config.get(
             "dataset"
         )
@@ -283,7 +279,7 @@ class GPTQConfig:
 
     def __repr__(self):
         items = ", ".join(
-            f"{k}={v!r}" for k, v in self.get_config().items()
-            if k not in ("dataset", "tokenizer", "quantization_layer_structure")
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in dataclasses.fields(self) if f.name not in _NOT_SERIALIZED
         )
         return f"GPTQConfig({items})"

@@ -5,9 +5,9 @@ import math
 import keras
 import numpy as np
 
-from keras_gptq import calibration
-from keras_gptq import capture
-from keras_gptq import progress
+from keras_gptq.model import calibration
+from keras_gptq.model import capture
+from keras_gptq.utils import progress
 
 
 def _log_softmax_nll(logits, targets):

@@ -26,7 +26,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import save_tiny_preset
+from helpers.models import save_tiny_preset
 
 BACKENDS = ("jax", "tensorflow", "torch")
 SETTINGS = {

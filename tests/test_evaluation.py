@@ -14,7 +14,7 @@ import keras
 
 import keras_gptq
 from keras_gptq import evaluation
-from conftest import build_causal_lm, logits, markov_tokens
+from helpers.models import build_causal_lm, logits, markov_tokens
 
 SEQ = 32
 
@@ -168,7 +168,7 @@ def test_text_without_tokenizer_names_tokenizer(model):
 @pytest.fixture(scope="module")
 def text_model(tmp_path_factory):
     """A tiny random llama with a real tokenizer (from a tiny GGUF)."""
-    from keras_gptq import bundled
+    from keras_gptq.examples import bundled
     from test_bundled import random_hf_weights, write_tiny_gguf
     tmp = tmp_path_factory.mktemp("gen")
     gguf = write_tiny_gguf(str(tmp / "tiny.gguf"),

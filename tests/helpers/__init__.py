@@ -1,0 +1,1 @@
+"""Test helpers: tiny models, token data, reference implementations."""
