@@ -349,5 +349,5 @@ gptq:  "Photosynthesis is the process by which the universe is changing, and it 
 A 135M-parameter model has little redundancy to spare: 4 bits cost it
 almost a quarter of its perplexity and give visibly less factual, more
 repetitive continuations. More calibration data is the first knob to try,
-e.g. `num_samples=128` (or `python -m keras_gptq.demo --samples 128`).
+e.g. `num_samples=128` (or `python -m keras_gptq.examples.demo --samples 128`).
 """

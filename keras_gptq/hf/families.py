@@ -15,6 +15,7 @@ exporters, so names and layouts agree with theirs by construction.
 """
 
 import dataclasses
+import functools
 import importlib
 
 from keras_hub.src.utils.transformers.export import hf_exporter
@@ -22,60 +23,62 @@ from keras_hub.src.utils.transformers.export import hf_exporter
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-    """One supported architecture.
+    """One supported architecture, declared as data.
 
     Attributes:
         causal_lm: the KerasHub CausalLM class name.
         model_type: transformers `model_type`.
         architecture: transformers `architectures[0]`.
         converter: KerasHub module converting the HF folder (config/weights).
-        linear_modules: `backbone -> {hf module name: [keras layers]}`.
+        block_prefix: the transformers name of block `i`, with `{i}`.
+        modules: `{hf module name in the block: (keras layer attribute
+            paths in the block, ...)}`; several paths are a fused module,
+            their rows stacked in that order.
     """
 
     causal_lm: str
     model_type: str
     architecture: str
     converter: str
-    linear_modules: object
+    block_prefix: str
+    modules: dict
+
+    def linear_modules(self, backbone):
+        """`{hf module name: [keras layers]}` over every block."""
+        table = {}
+        for i in range(backbone.num_layers):
+            block = backbone.get_layer(f"transformer_layer_{i}")
+            prefix = self.block_prefix.format(i=i)
+            for name, paths in self.modules.items():
+                table[f"{prefix}.{name}"] = [
+                    functools.reduce(getattr, path.split("."), block)
+                    for path in paths]
+        return table
 
 
-def _llama_modules(backbone):
-    modules = {}
-    for i in range(backbone.num_layers):
-        block = backbone.get_layer(f"transformer_layer_{i}")
-        attn, p = block._self_attention_layer, f"model.layers.{i}"
-        modules.update({
-            f"{p}.self_attn.q_proj": [attn._query_dense],
-            f"{p}.self_attn.k_proj": [attn._key_dense],
-            f"{p}.self_attn.v_proj": [attn._value_dense],
-            f"{p}.self_attn.o_proj": [attn._output_dense],
-            f"{p}.mlp.gate_proj": [block._feedforward_gate_dense],
-            f"{p}.mlp.up_proj": [block._feedforward_intermediate_dense],
-            f"{p}.mlp.down_proj": [block._feedforward_output_dense],
-        })
-    return modules
-
-
-def _gpt2_modules(backbone):
-    modules = {}
-    for i in range(backbone.num_layers):
-        block = backbone.get_layer(f"transformer_layer_{i}")
-        attn, p = block._self_attention_layer, f"transformer.h.{i}"
-        modules.update({
-            f"{p}.attn.c_attn": [attn._query_dense, attn._key_dense,
-                                 attn._value_dense],
-            f"{p}.attn.c_proj": [attn._output_dense],
-            f"{p}.mlp.c_fc": [block._feedforward_intermediate_dense],
-            f"{p}.mlp.c_proj": [block._feedforward_output_dense],
-        })
-    return modules
-
-
+_ATTENTION = "_self_attention_layer."
 FAMILIES = (
     Family("Llama3CausalLM", "llama", "LlamaForCausalLM",
-           "keras_hub.src.utils.transformers.convert_llama3", _llama_modules),
+           "keras_hub.src.utils.transformers.convert_llama3",
+           "model.layers.{i}", {
+               "self_attn.q_proj": (_ATTENTION + "_query_dense",),
+               "self_attn.k_proj": (_ATTENTION + "_key_dense",),
+               "self_attn.v_proj": (_ATTENTION + "_value_dense",),
+               "self_attn.o_proj": (_ATTENTION + "_output_dense",),
+               "mlp.gate_proj": ("_feedforward_gate_dense",),
+               "mlp.up_proj": ("_feedforward_intermediate_dense",),
+               "mlp.down_proj": ("_feedforward_output_dense",),
+           }),
     Family("GPT2CausalLM", "gpt2", "GPT2LMHeadModel",
-           "keras_hub.src.utils.transformers.convert_gpt2", _gpt2_modules),
+           "keras_hub.src.utils.transformers.convert_gpt2",
+           "transformer.h.{i}", {
+               "attn.c_attn": (_ATTENTION + "_query_dense",
+                               _ATTENTION + "_key_dense",
+                               _ATTENTION + "_value_dense"),
+               "attn.c_proj": (_ATTENTION + "_output_dense",),
+               "mlp.c_fc": ("_feedforward_intermediate_dense",),
+               "mlp.c_proj": ("_feedforward_output_dense",),
+           }),
 )
 
 

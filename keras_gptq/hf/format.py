@@ -49,19 +49,8 @@ def _check_bits(bits):
 
 
 def pack_int32(levels, bits, axis=0):
-    """Packs levels along `axis` into int32 words, 32 levels per `bits` words.
-
-    `keras_gptq.storage.packing.pack_words`, with this format's errors.
-
-    Args:
-        levels: integers in `[0, 2**bits - 1]`; `levels.shape[axis]` must be
-            a multiple of 32.
-        bits: 2, 3, 4 or 8.
-        axis: the axis to pack along.
-
-    Returns:
-        int32 array whose `axis` has `levels.shape[axis] * bits / 32` words.
-    """
+    """`packing.pack_words` (levels along `axis` -> int32 words), raising
+    `UnsupportedCheckpointError` for what the format cannot hold."""
     _check_bits(bits)
     try:
         return packing.pack_words(levels, bits, axis)
