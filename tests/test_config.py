@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 
+import keras_gptq
 from keras_gptq import GPTQConfig
 
 DATA = ["some calibration text"]
@@ -304,3 +305,23 @@ def test_from_config_accepts_keras_gptq_config_output():
     for key, value in theirs.get_config().items():
         if key not in ("dataset", "tokenizer"):
             assert getattr(ours, key) == value, key
+
+
+# ------------------------------------------------------------- version
+
+def test_get_config_records_the_version():
+    assert make().get_config()["version"] == keras_gptq.config.CONFIG_VERSION
+
+
+@pytest.mark.parametrize("version", [99, "1"])
+def test_from_config_refuses_an_unknown_version(version):
+    cfg = dict(make().get_config(), version=version)
+    with pytest.raises(ValueError, match="version"):
+        GPTQConfig.from_config(cfg, dataset=DATA)
+
+
+def test_each_argument_has_one_validator():
+    # Every argument but the calibration objects goes through the table.
+    names = set(inspect.signature(GPTQConfig).parameters) - {
+        "dataset", "tokenizer"}
+    assert names == set(keras_gptq.config._VALIDATORS)

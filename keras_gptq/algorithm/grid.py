@@ -42,6 +42,11 @@ def group_columns(group_size, columns):
     return columns if group_size == -1 else group_size
 
 
+def num_groups(group_size, columns):
+    """Groups per row: `ceil(columns / group_columns(...))`."""
+    return -(-columns // group_columns(group_size, columns))
+
+
 def contiguous_g_idx(group_size, columns):
     """int32 `[columns]`: column `i` in group `i // group_columns(...)`,
     the group order without act-order (or with static groups)."""

@@ -29,7 +29,6 @@ Implementation notes:
 """
 
 import dataclasses
-import math
 
 import numpy as np
 import scipy.linalg
@@ -189,7 +188,7 @@ def _check_inputs(W, H, dXXT, group_params, group_size):
             f"`group_size`={group_size} is larger than the {columns} input "
             "columns of this matrix. Use a smaller group_size or -1."
         )
-    n_groups = math.ceil(columns / grid.group_columns(group_size, columns))
+    n_groups = grid.num_groups(group_size, columns)
     if group_params and np.shape(group_params[0]) != (rows, n_groups):
         raise ValueError(
             f"`group_params` must hold [{rows}, {n_groups}] scales "
@@ -312,7 +311,7 @@ def _quantize_columns(W, Hinv, P, static, col_group, settings):
     Wt = np.ascontiguousarray(W.T)  # [in, out]: column i of W is row i.
     Qt = np.empty((columns, rows), dtype=np.float32)
     if static is None:
-        n_groups = math.ceil(columns / size)
+        n_groups = grid.num_groups(settings.group_size, columns)
         scale = np.empty((rows, n_groups))
         zero = np.empty((rows, n_groups))
     else:

@@ -65,10 +65,10 @@ DEFAULT_SWITCHES = ("activation_order", "static_groups", "mse",
                     "asymmetric_calibration")
 
 
-def parse_args(argv=None):
-    """Parses the demo's command line (the CLI's GPTQ flags, other
-    defaults: act-order, static groups, mse and GPTAQ on; 32 x 256
-    calibration tokens)."""
+def build_parser():
+    """The demo's command line: the CLI's GPTQ flags (other defaults:
+    act-order, static groups, mse and GPTAQ on; 32 x 256 calibration
+    tokens), plus the demo's own."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_gptq_arguments(p, samples=32, switches_on=DEFAULT_SWITCHES)
     p.add_argument("--seq-len", type=int, default=256,
@@ -83,6 +83,12 @@ def parse_args(argv=None):
                    help="prompt + generated tokens of the side-by-side "
                    "greedy generations (default 32; 0 skips them)")
     p.add_argument("--out", default=None, help="where to save the preset")
+    return p
+
+
+def parse_args(argv=None):
+    """Parses the demo's command line (see `build_parser`)."""
+    p = build_parser()
     args = p.parse_args(argv)
     if args.gen_length < 0:
         p.error("--gen-length must be 0 (skip) or a positive token count")

@@ -26,7 +26,6 @@ refuses it rather than write a wrong checkpoint.
 Everything here works on plain numpy arrays: no layers, no model.
 """
 
-import math
 
 import numpy as np
 
@@ -136,7 +135,7 @@ def from_hf(tensors, bits, checkpoint_format, group_size, name="module"):
     out, columns = q.shape
     scales = np.asarray(tensors["scales"])
     zero = unpack_int32(tensors["qzeros"], bits, axis=1)[:, :out].T
-    groups = math.ceil(columns / grid.group_columns(group_size, columns))
+    groups = grid.num_groups(group_size, columns)
     if scales.shape != (groups, out) or zero.shape != (out, groups):
         raise UnsupportedCheckpointError(
             f"{name}: scales {scales.shape} / qzeros do not match "

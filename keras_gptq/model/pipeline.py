@@ -33,6 +33,65 @@ from keras_gptq.utils import memory
 from keras_gptq.utils import progress
 
 
+def quantize(model, config, filters=None, verbose=True):
+    """Quantizes a model's Dense/EinsumDense layers in place with GPTQ.
+
+    Args:
+        model: a built Keras model (typically a KerasHub `CausalLM`).
+        config: a `keras_gptq.GPTQConfig`.
+        filters: None, a regex string, a list of regex strings (matched
+            against each layer's name and path), or a callable
+            `layer -> bool` selecting the layers to quantize.
+        verbose: show progress bars (calibration, blocks, layers) with
+            elapsed time and ETA on stderr.
+
+    Returns:
+        A `QuantizationReport` (also kept as `model.gptq_report`).
+
+    Raises:
+        TypeError, ValueError: for bad arguments (see the README's
+            Troubleshooting section). On any error or interruption the
+            model is left exactly as it was.
+    """
+    if not isinstance(config, GPTQConfig):
+        raise TypeError(
+            "`config` must be a keras_gptq.GPTQConfig, but received "
+            f"{type(config).__name__}."
+        )
+    structure.check_filters(filters)
+    _check_model(model, config)
+    blocks = structure.sequential_blocks(
+        model, config.quantization_layer_structure)
+    targets = {id(b): structure.target_layers(b, filters) for b in blocks}
+    if not any(targets.values()):
+        warnings.warn("No Dense/EinsumDense layer matched `filters`; the "
+                      "model is unchanged.", stacklevel=2)
+        return report_lib.QuantizationReport([], 0.0, 0)
+    start = time.perf_counter()
+    windows = calibration.calibration_windows(
+        config.dataset, config.tokenizer, config.num_samples,
+        config.sequence_length, seed=config.seed)
+    step = config.calibration_batch_size
+    batches = [windows[i:i + step] for i in range(0, len(windows), step)]
+    solved = _walk(model, blocks, targets, batches, config, verbose)
+    written = []
+    try:
+        for item in solved:
+            written.append((item.layer, storage.write_packed(
+                item.layer, item.result, config.weight_bits,
+                config.group_size)))
+    except BaseException:
+        for layer, token in reversed(written):
+            storage.restore_float(layer, token)
+        raise
+    structure.reset_compiled_functions(model)
+    report = report_lib.QuantizationReport(
+        [item.entry for item in solved], time.perf_counter() - start,
+        int(windows.size))
+    model.gptq_report = report
+    return report
+
+
 def solver_settings(config):
     """The `solver.SolverSettings` a `GPTQConfig` asks for."""
     return solver.SolverSettings(
@@ -80,6 +139,76 @@ def _check_model(model, config):
             f"`sequence_length`={config.sequence_length} exceeds the model's "
             f"maximum of {limit} tokens. Use `sequence_length<={limit}`."
         )
+
+
+def _walk(model, blocks, targets, batches, config, verbose):
+    """Solves every block in order; returns the `SolvedLayer`s.
+
+    Only the block being solved holds its dequantized weights (so that the
+    next block's inputs come from the quantized block); its float kernels
+    are put back before the next block, and on any failure, so the model
+    is unchanged when this returns or raises.
+    """
+    with progress.bar(len(batches), "calibration", "batch", verbose) as bar:
+        calls = capture.catch_block_inputs(model, blocks[0], batches,
+                                           on_batch=bar.update)
+    # Asymmetric calibration carries the float model's block inputs too.
+    inputs = BlockInputs(calls, calls if config.asymmetric_calibration
+                         else None)
+    solved = []
+    total = sum(len(targets[id(b)]) for b in blocks)
+    with progress.bar(len(blocks), "blocks", "block", verbose) as block_bar, \
+            progress.bar(total, "layers", "layer", verbose, 1) as layer_bar:
+        for block in blocks:
+            block_solved, inputs = _solve_block(
+                block, targets[id(block)], inputs, config, layer_bar)
+            solved += block_solved
+            memory.release_freed_memory()  # this block's Hessians, inputs
+            block_bar.update()
+    return solved
+
+
+def _solve_block(block, layers, inputs, config, bar):
+    """Solves one block's layers.
+
+    Returns `(solved, next_inputs)`: the block's `SolvedLayer`s and the
+    next block's `BlockInputs`. With asymmetric calibration the next
+    block's float inputs come from the first Hessian pass, which runs the
+    float block anyway. The block's float kernels are put back on return.
+    """
+    groups = _probe_groups(block, layers, inputs.calls[0]) if layers else []
+    passes = [[g] for g in groups] if config.true_sequential else (
+        [groups] if groups else [])
+    swaps = []  # (layer, float kernel, quantized kernel), solved so far
+    solved, next_float_calls = [], None
+    try:
+        for sub in passes:
+            float_path = None if inputs.float_calls is None else (
+                inputs.float_calls, list(swaps))
+            hessians, float_outputs = _hessians(block, sub, inputs.calls,
+                                                float_path)
+            if next_float_calls is None:
+                next_float_calls = float_outputs
+            for group in sub:
+                for layer in group:
+                    bar.set_postfix_str(layer.path, refresh=False)
+                    H, dXXT = hessians[group[0]]
+                    kernel, q_kernel, result, entry = _solve_layer(
+                        layer, H, config, dXXT)
+                    swaps.append((layer, kernel, q_kernel))
+                    layer._kernel.assign(q_kernel)
+                    solved.append(SolvedLayer(layer, result, entry))
+                    bar.update()
+            del hessians
+        if inputs.float_calls is not None and next_float_calls is None:
+            # A block without target layers: no Hessian pass ran.
+            next_float_calls = capture.run_block(block, inputs.float_calls)
+        next_inputs = BlockInputs(capture.run_block(block, inputs.calls),
+                                  next_float_calls)
+        return solved, next_inputs
+    finally:
+        for layer, kernel, _ in swaps:
+            layer._kernel.assign(kernel)
 
 
 def _probe_groups(block, layers, call):
@@ -214,132 +343,3 @@ def _solve_layer(layer, H, config, dXXT=None):
                                    seconds, rtn_grid=rtn_grid)
     return kernel, layout_lib.layer_layout(layer).matrix_to_kernel(Q), (
         result), entry
-
-
-def quantize(model, config, filters=None, verbose=True):
-    """Quantizes a model's Dense/EinsumDense layers in place with GPTQ.
-
-    Args:
-        model: a built Keras model (typically a KerasHub `CausalLM`).
-        config: a `keras_gptq.GPTQConfig`.
-        filters: None, a regex string, a list of regex strings (matched
-            against each layer's name and path), or a callable
-            `layer -> bool` selecting the layers to quantize.
-        verbose: show progress bars (calibration, blocks, layers) with
-            elapsed time and ETA on stderr.
-
-    Returns:
-        A `QuantizationReport` (also kept as `model.gptq_report`).
-
-    Raises:
-        TypeError, ValueError: for bad arguments (see the README's
-            Troubleshooting section). On any error or interruption the
-            model is left exactly as it was.
-    """
-    if not isinstance(config, GPTQConfig):
-        raise TypeError(
-            "`config` must be a keras_gptq.GPTQConfig, but received "
-            f"{type(config).__name__}."
-        )
-    structure.check_filters(filters)
-    _check_model(model, config)
-    blocks = structure.sequential_blocks(
-        model, config.quantization_layer_structure)
-    targets = {id(b): structure.target_layers(b, filters) for b in blocks}
-    if not any(targets.values()):
-        warnings.warn("No Dense/EinsumDense layer matched `filters`; the "
-                      "model is unchanged.", stacklevel=2)
-        return report_lib.QuantizationReport([], 0.0, 0)
-    start = time.perf_counter()
-    windows = calibration.calibration_windows(
-        config.dataset, config.tokenizer, config.num_samples,
-        config.sequence_length, seed=config.seed)
-    step = config.calibration_batch_size
-    batches = [windows[i:i + step] for i in range(0, len(windows), step)]
-    solved = _walk(model, blocks, targets, batches, config, verbose)
-    written = []
-    try:
-        for item in solved:
-            written.append((item.layer, storage.write_packed(
-                item.layer, item.result, config.weight_bits,
-                config.group_size)))
-    except BaseException:
-        for layer, token in reversed(written):
-            storage.restore_float(layer, token)
-        raise
-    structure.reset_compiled_functions(model)
-    report = report_lib.QuantizationReport(
-        [item.entry for item in solved], time.perf_counter() - start,
-        int(windows.size))
-    model.gptq_report = report
-    return report
-
-
-def _walk(model, blocks, targets, batches, config, verbose):
-    """Solves every block in order; returns the `SolvedLayer`s.
-
-    Only the block being solved holds its dequantized weights (so that the
-    next block's inputs come from the quantized block); its float kernels
-    are put back before the next block, and on any failure, so the model
-    is unchanged when this returns or raises.
-    """
-    with progress.bar(len(batches), "calibration", "batch", verbose) as bar:
-        calls = capture.catch_block_inputs(model, blocks[0], batches,
-                                           on_batch=bar.update)
-    # Asymmetric calibration carries the float model's block inputs too.
-    inputs = BlockInputs(calls, calls if config.asymmetric_calibration
-                         else None)
-    solved = []
-    total = sum(len(targets[id(b)]) for b in blocks)
-    with progress.bar(len(blocks), "blocks", "block", verbose) as block_bar, \
-            progress.bar(total, "layers", "layer", verbose, 1) as layer_bar:
-        for block in blocks:
-            block_solved, inputs = _solve_block(
-                block, targets[id(block)], inputs, config, layer_bar)
-            solved += block_solved
-            memory.release_freed_memory()  # this block's Hessians, inputs
-            block_bar.update()
-    return solved
-
-
-def _solve_block(block, layers, inputs, config, bar):
-    """Solves one block's layers.
-
-    Returns `(solved, next_inputs)`: the block's `SolvedLayer`s and the
-    next block's `BlockInputs`. With asymmetric calibration the next
-    block's float inputs come from the first Hessian pass, which runs the
-    float block anyway. The block's float kernels are put back on return.
-    """
-    groups = _probe_groups(block, layers, inputs.calls[0]) if layers else []
-    passes = [[g] for g in groups] if config.true_sequential else (
-        [groups] if groups else [])
-    swaps = []  # (layer, float kernel, quantized kernel), solved so far
-    solved, next_float_calls = [], None
-    try:
-        for sub in passes:
-            float_path = None if inputs.float_calls is None else (
-                inputs.float_calls, list(swaps))
-            hessians, float_outputs = _hessians(block, sub, inputs.calls,
-                                                float_path)
-            if next_float_calls is None:
-                next_float_calls = float_outputs
-            for group in sub:
-                for layer in group:
-                    bar.set_postfix_str(layer.path, refresh=False)
-                    H, dXXT = hessians[group[0]]
-                    kernel, q_kernel, result, entry = _solve_layer(
-                        layer, H, config, dXXT)
-                    swaps.append((layer, kernel, q_kernel))
-                    layer._kernel.assign(q_kernel)
-                    solved.append(SolvedLayer(layer, result, entry))
-                    bar.update()
-            del hessians
-        if inputs.float_calls is not None and next_float_calls is None:
-            # A block without target layers: no Hessian pass ran.
-            next_float_calls = capture.run_block(block, inputs.float_calls)
-        next_inputs = BlockInputs(capture.run_block(block, inputs.calls),
-                                  next_float_calls)
-        return solved, next_inputs
-    finally:
-        for layer, kernel, _ in swaps:
-            layer._kernel.assign(kernel)

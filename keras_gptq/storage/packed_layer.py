@@ -21,7 +21,6 @@ is a `PackedGPTQPolicy` (layers quantized by Keras's own GPTQ keep Keras's
 behaviour). Presets therefore need `import keras_gptq` to load.
 """
 
-import math
 
 import keras
 import numpy as np
@@ -38,12 +37,11 @@ def build_packed(layer, kernel_shape):
     policy = policy_lib.packed_policy(layer)
     lay = layout_lib.layer_layout(layer, kernel_shape)
     layer._gptq_layout = lay
-    groups = math.ceil(
-        lay.columns / grid.group_columns(policy.group_size, lay.columns))
+    groups = grid.num_groups(policy.group_size, lay.columns)
+    width = packing.packed_width(lay.columns, policy.weight_bits)
     layer.is_gptq_calibrated = True
     layer.quantized_kernel = layer.add_weight(
-        name="kernel", shape=(lay.rows, packing.packed_width(lay.columns,
-                                                     policy.weight_bits)),
+        name="kernel", shape=(lay.rows, width),
         initializer="zeros", dtype="uint8", trainable=False)
     layer.kernel_scale = layer.add_weight(
         name="kernel_scale", shape=(lay.rows, groups), initializer="ones",
@@ -79,7 +77,7 @@ def dequantized_matrix(layer):
     if getattr(layer, "_gptq_contiguous_groups", False):
         scale = layer.kernel_scale.value
         size = grid.group_columns(policy.group_size, lay.columns)
-        groups = math.ceil(lay.columns / size)
+        groups = grid.num_groups(policy.group_size, lay.columns)
         levels = ops.cast(levels, "float32")
         if groups * size != lay.columns:
             levels = ops.pad(levels, ((0, 0), (0, groups * size - lay.columns)))

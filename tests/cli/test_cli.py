@@ -210,3 +210,37 @@ def test_quality_flags_reach_the_config(workdir, monkeypatch, flags,
     assert code == 130
     assert {k: seen[k] for k in expected} == expected
     assert not (workdir / "unused").exists()
+
+
+def test_cli_and_demo_share_the_gptq_flags():
+    import argparse
+
+    from keras_gptq.examples import demo
+
+    def options(parser):
+        return {o for a in parser._actions for o in a.option_strings}
+
+    reference = argparse.ArgumentParser()
+    common.add_gptq_arguments(reference)
+    gptq = options(reference) - {"-h", "--help"}
+    quantize = next(a for a in cli.build_parser()._subparsers._actions
+                    if a.choices).choices["quantize"]
+    assert gptq <= options(quantize)
+    assert gptq <= options(demo.build_parser())
+    # Same flags, the demo's own defaults: act-order, static groups, mse
+    # and GPTAQ on, 32 windows; every switch can be turned off.
+    args = demo.parse_args([])
+    assert (args.activation_order, args.static_groups, args.mse,
+            args.asymmetric_calibration, args.true_sequential,
+            args.samples) == (True, True, True, True, False, 32)
+    off = demo.parse_args(["--no-act-order", "--no-mse"])
+    assert not off.activation_order and not off.mse
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--act-order", "--no-act-order"], False),
+    (["--no-act-order", "--act-order"], True)])
+def test_every_switch_has_a_no_form(flags, expected):
+    args = cli.build_parser().parse_args(
+        ["quantize", "x", "--out", "y", *flags])
+    assert args.activation_order is expected
