@@ -7,7 +7,6 @@ Keras does not expose.
 """
 
 import dataclasses
-import functools
 import numbers
 import typing
 
@@ -95,8 +94,15 @@ def _check_structure(name, structure):
     return structure
 
 
-_int = functools.partial(functools.partial, _check_int)
-_fraction = functools.partial(functools.partial, _check_fraction)
+def _int(**limits):
+    """An integer validator with these `_check_int` limits."""
+    return lambda name, value: _check_int(name, value, **limits)
+
+
+def _fraction(**limits):
+    """A number validator with these `_check_fraction` limits."""
+    return lambda name, value: _check_fraction(name, value, **limits)
+
 
 # One validator per argument, in signature order: `check(name, value)`
 # returns the value to store (Python int/float/bool) or raises.
