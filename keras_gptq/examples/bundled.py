@@ -218,6 +218,6 @@ def load_wikitext2(split):
     except Exception as err:  # datasets raises many error types when offline
         raise ConnectionError(
             "Could not load wikitext-2-raw-v1 with `datasets` (offline?). "
-            "For offline text use keras_gptq.bundled.evaluation_texts()."
+            "For offline text use keras_gptq.examples.bundled.evaluation_texts()."
         ) from err
     return "\n\n".join(data["text"])

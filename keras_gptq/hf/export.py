@@ -12,6 +12,7 @@ import os
 
 import keras
 import numpy as np
+from keras_hub.src.utils.transformers.export import hf_exporter
 
 from keras_gptq import storage
 from keras_gptq.algorithm import grid
@@ -139,7 +140,7 @@ def _write_folder(folder, model, family, tensors, qconfig):
     tokenizer = getattr(getattr(model, "preprocessor", None), "tokenizer",
                         None)
     if tokenizer is not None:
-        families.hf_exporter.export_tokenizer(tokenizer, folder)
+        hf_exporter.export_tokenizer(tokenizer, folder)
 
 
 def _check_target(folder, overwrite):
