@@ -3,7 +3,8 @@
 A refactor must not move a number. This script records what one checkout
 computes and compares two records bit for bit:
 
-    # the solver over every setting combination (1024 solves, seconds)
+    # the solver over every setting combination (1024 solves, seconds),
+    # and the Hugging Face int32 packing of every bit width, both ways
     PYTHONPATH=/path/to/old/checkout python benchmarks/same_results.py solver old.npz
     python benchmarks/same_results.py solver new.npz
     python benchmarks/same_results.py compare old.npz new.npz
@@ -16,7 +17,9 @@ solver`, `SolverSettings`) and with the one before it (`keras_gptq.solver`,
 keyword arguments), so a checkout from either side can be recorded.
 Settings: bits 2/3/4/8 x group -1/16 x symmetric x act-order x static
 groups x mse x GPTAQ (`dXXT`) x a given RTN grid, on two random matrices
-whose Hessians have dead columns. `compare` exits 1 when anything differs.
+whose Hessians have dead columns; then `pack_int32`/`unpack_int32` of
+random levels for bits 2/3/4/8 along both axes. `compare` exits 1 when
+anything differs.
 """
 
 import argparse
@@ -28,25 +31,42 @@ import sys
 import numpy as np
 
 
-def _solver_api():
-    """`(solve(W, H, settings dict, dXXT, group_params), grid module)`."""
+def _api():
+    """`(solve(W, H, settings dict, dXXT, group_params), grid module, HF
+    format module)` of whichever layout is importable."""
     try:
         from keras_gptq.algorithm import grid
         from keras_gptq.algorithm import solver
+        from keras_gptq.hf import format as hf_format
     except ImportError:  # the layout before 2026-12-01
         from keras_gptq import grid
+        from keras_gptq import hf_format
         from keras_gptq import solver
 
         def solve(W, H, settings, **data):
             return solver.solve_gptq(W, H, **settings, **data)
 
-        return solve, grid
+        return solve, grid, hf_format
 
     def solve(W, H, settings, **data):
         return solver.solve_gptq(W, H, solver.SolverSettings(**settings),
                                  **data)
 
-    return solve, grid
+    return solve, grid, hf_format
+
+
+def _hf_packing(hf_format):
+    """`{name: array}` of HF int32 packing and unpacking, every bit width."""
+    rng = np.random.default_rng(1)
+    out = {}
+    for bits in (2, 3, 4, 8):
+        for shape, axis in (((96, 7), 0), ((5, 64), 1), ((32, 1), 0)):
+            levels = rng.integers(0, 2**bits, size=shape)
+            words = hf_format.pack_int32(levels, bits, axis)
+            key = f"hf_{bits}_{shape[0]}x{shape[1]}_{axis}"
+            out[f"{key}/words"] = words
+            out[f"{key}/levels"] = hf_format.unpack_int32(words, bits, axis)
+    return out
 
 
 def _problems():
@@ -67,9 +87,10 @@ ALL_SETTINGS = tuple(itertools.product((2, 3, 4, 8), (-1, 16),
 
 def record_solver(path, combinations=ALL_SETTINGS):
     """Solves each `(bits, group, symmetric, act_order, static, mse, gptaq,
-    given_grid)` combination on each problem; saves all outputs to `path`."""
-    solve, grid = _solver_api()
-    out = {}
+    given_grid)` combination on each problem and packs HF words; saves all
+    outputs to `path`."""
+    solve, grid, hf_format = _api()
+    out = _hf_packing(hf_format)
     for case, (W, H, dXXT) in enumerate(_problems()):
         for bits, group, sym, act, static, mse, asym, given in combinations:
             settings = dict(bits=bits, group_size=group, symmetric=sym,
@@ -83,7 +104,9 @@ def record_solver(path, combinations=ALL_SETTINGS):
             for field in ("q", "scale", "zero", "g_idx", "damping"):
                 out[f"{key}/{field}"] = np.asarray(getattr(result, field))
     np.savez(path, **out)
-    print(f"{len(out) // 5} solves saved to {path}")
+    solves = sum(name.endswith("/q") for name in out)
+    print(f"{solves} solves and {len(out) - 5 * solves} HF packing arrays "
+          f"saved to {path}")
 
 
 def _preset_arrays(folder):

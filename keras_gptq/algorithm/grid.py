@@ -54,6 +54,14 @@ def contiguous_g_idx(group_size, columns):
     return (np.arange(columns) // size).astype(np.int32)
 
 
+def has_contiguous_groups(g_idx, group_size):
+    """True when `g_idx` is `contiguous_g_idx` (no act-order permutation:
+    plain, static groups, or `group_size=-1`)."""
+    g_idx = np.asarray(g_idx)
+    return bool(np.array_equal(g_idx, contiguous_g_idx(group_size,
+                                                       len(g_idx))))
+
+
 def _params_from_range(xmin, xmax, bits, symmetric):
     maxq = max_level(bits)
     if symmetric:

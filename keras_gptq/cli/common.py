@@ -9,6 +9,7 @@ both use them, with their own defaults.
 import argparse
 import os
 
+from keras_gptq.config import GPTQConfig
 from keras_gptq.config import SUPPORTED_BITS
 
 BACKENDS = ("jax", "tensorflow", "torch")
@@ -116,8 +117,6 @@ def add_gptq_arguments(parser, samples=128, switches_on=()):
 def config_from_args(args, dataset, tokenizer):
     """The `GPTQConfig` the flags of `add_gptq_arguments` (and `--seq-len`)
     describe."""
-    from keras_gptq.config import GPTQConfig
-
     return GPTQConfig(
         dataset=dataset, tokenizer=tokenizer, weight_bits=args.bits,
         num_samples=args.samples, sequence_length=args.seq_len,

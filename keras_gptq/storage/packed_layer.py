@@ -61,11 +61,8 @@ def _note_group_order(layer, g_idx):
     dequantize by a reshape and a broadcast instead of two gathers over
     the whole matrix (2x faster per call, measured on a 1536x576 layer).
     """
-    contiguous = grid.contiguous_g_idx(
-        policy_lib.packed_policy(layer).group_size,
-        layer._gptq_layout.columns)
-    layer._gptq_contiguous_groups = bool(np.array_equal(
-        np.asarray(g_idx), contiguous))
+    layer._gptq_contiguous_groups = grid.has_contiguous_groups(
+        g_idx, policy_lib.packed_policy(layer).group_size)
 
 
 def dequantized_matrix(layer):

@@ -27,3 +27,11 @@ def test_contiguous_g_idx_matches_rtn_and_the_fitted_grid(group_size,
     _, scale, _, rtn_g_idx = grid.rtn_quantize(w, 4, group_size, False)
     np.testing.assert_array_equal(rtn_g_idx, g_idx)
     assert scale.shape == (3, grid.num_groups(group_size, columns))
+
+
+def test_has_contiguous_groups_only_for_the_natural_order():
+    natural = grid.contiguous_g_idx(4, 12)
+    assert grid.has_contiguous_groups(natural, 4)
+    assert grid.has_contiguous_groups(np.zeros(12, np.int32), -1)
+    assert not grid.has_contiguous_groups(natural[::-1], 4)
+    assert not grid.has_contiguous_groups(natural, 6)  # other group size

@@ -40,4 +40,7 @@ def test_solver_record_is_reproducible(tmp_path):
     assert same_results.compare(str(tmp_path / "one.npz"),
                                 str(tmp_path / "two.npz")) == 0
     with np.load(tmp_path / "one.npz") as data:
-        assert len(data.files) == 2 * 5  # two problems, five outputs each
+        solver = [f for f in data.files if not f.startswith("hf_")]
+        packing = [f for f in data.files if f.startswith("hf_")]
+    assert len(solver) == 2 * 5  # two problems, five outputs each
+    assert len(packing) == 4 * 3 * 2  # bits x shapes x (words, levels)
