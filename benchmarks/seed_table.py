@@ -85,6 +85,12 @@ def _dense_only(layer):
     return isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense))
 
 
+def _start(args):
+    """`--start-token` as an `add_start_token` value."""
+    from keras_gptq.cli.common import START_TOKEN_SETTINGS
+    return START_TOKEN_SETTINGS[args.start_token]
+
+
 def _apply(method, model, args):
     """Quantizes `model` in place by `method`; returns the wall seconds."""
     import keras
@@ -104,7 +110,7 @@ def _apply(method, model, args):
             dataset=bundled.calibration_texts(), tokenizer=tokenizer,
             weight_bits=int(method[5]), group_size=128,
             activation_order=True, static_groups=asym, mse=best,
-            asymmetric_calibration=asym,
+            asymmetric_calibration=asym, add_start_token=_start(args),
             num_samples=(args.keras_samples if small else
                          args.best_samples if best else args.samples),
             sequence_length=args.keras_seq_len if small else args.seq_len),
@@ -171,7 +177,8 @@ def worker(method, result_path, args):
            "load_avg": os.getloadavg()[0]}
     out["perplexity"] = keras_gptq.evaluate_perplexity(
         model, bundled.evaluation_texts(), model.preprocessor.tokenizer,
-        sequence_length=512, max_tokens=512 * args.eval_windows + 1)
+        sequence_length=512, max_tokens=512 * args.eval_windows + 1,
+        add_start_token=_start(args))
     model.compile(sampler="greedy")
     out["generations"] = [str(keras.ops.convert_to_numpy(
         model.generate(p, max_length=args.gen_length))) for p in PROMPTS]
@@ -203,6 +210,7 @@ def _run_worker(method, args):
 
 def _shared_flags(args):
     return ["--samples", str(args.samples), "--seq-len", str(args.seq_len),
+            "--start-token", args.start_token,
             "--keras-samples", str(args.keras_samples),
             "--keras-seq-len", str(args.keras_seq_len),
             "--eval-windows", str(args.eval_windows),
@@ -312,6 +320,11 @@ def parse_args(argv=None):
                         "(it took 1420 s with 8 x 128 on this machine)")
     p.add_argument("--keras-seq-len", type=int, default=128)
     p.add_argument("--eval-windows", type=int, default=8)
+    p.add_argument("--start-token", choices=("auto", "on", "off"),
+                   default="auto",
+                   help="windows begin with the model's start token "
+                        "(calibration and evaluation; auto: as its "
+                        "preprocessor does)")
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--gen-length", type=int, default=40)
     p.add_argument("--out", default=os.path.join(HERE, "seed_table"),

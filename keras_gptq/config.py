@@ -94,6 +94,17 @@ def _check_structure(name, structure):
     return structure
 
 
+def check_add_start_token(name, value):
+    """Validates an `add_start_token` setting: "auto", True or False."""
+    if not (isinstance(value, bool) or (isinstance(value, str)
+                                        and value == "auto")):
+        raise ValueError(
+            f"`{name}` must be 'auto' (start windows as the model's "
+            "preprocessor starts a sequence), True or False, but received "
+            f"{value!r}.")
+    return value
+
+
 def _int(**limits):
     """An integer validator with these `_check_int` limits."""
     return lambda name, value: _check_int(name, value, **limits)
@@ -129,6 +140,7 @@ _VALIDATORS = {
         fix="Use 0 to disable the retry, or a step such as 0.01."),
     "seed": _int(minimum=0),
     "asymmetric_calibration": _check_bool,
+    "add_start_token": check_add_start_token,
 }
 # Calibration-time objects: not serialized (stored as None, as Keras does).
 _NOT_SERIALIZED = ("dataset", "tokenizer", "quantization_layer_structure")
@@ -183,6 +195,14 @@ class GPTQConfig:
             solver also corrects error accumulated in earlier blocks. Runs
             the float model alongside (about twice the forward passes,
             twice the activations kept).
+        add_start_token: how calibration windows begin. "auto" (default):
+            as the model's preprocessor begins a sequence at inference,
+            with its start token when it adds one (Gemma's `<bos>`,
+            GPT-2's `<|endoftext|>`; none for Qwen or SmolLM2). True:
+            always put the tokenizer's start token first; False: never.
+            Text documents are joined with the tokenizer's end token
+            either way; a 2-D token array of `sequence_length` columns is
+            used row for row, as given.
 
     Raises:
         TypeError, ValueError: for any argument outside its domain; the
@@ -218,6 +238,7 @@ class GPTQConfig:
     damping_auto_increase: float = 0.01
     seed: int = 0
     asymmetric_calibration: bool = False
+    add_start_token: typing.Any = "auto"
 
     version: typing.ClassVar[int] = CONFIG_VERSION
 

@@ -24,52 +24,71 @@ def _is_int(value):
 
 def evaluate_perplexity(model, data, tokenizer=None, sequence_length=512,
                         stride=None, max_tokens=None, batch_size=4,
-                        verbose=False):
+                        verbose=False, add_start_token="auto"):
     """Perplexity of a causal LM on `data`, with sliding windows.
 
-    Windows of `sequence_length` tokens start every `stride` tokens; each
-    window scores only the tokens not scored by an earlier window (all of
-    them for the first), so with `stride == sequence_length` (the default)
-    windows are disjoint, as in the GPTQ paper's evaluation.
+    The model is fed as its own preprocessor feeds it (see
+    `keras_gptq.model.calibration.Framing`): text documents are joined with
+    the tokenizer's end token, and when the preprocessor puts a start
+    token first, every window is that token (given, not scored) followed
+    by `sequence_length - 1` tokens of the text. Windows start every
+    `stride` text tokens; each scores only the tokens no earlier window
+    scored, so with the default stride (the text tokens of one window)
+    windows are disjoint, as in the GPTQ paper's evaluation. Without a
+    start token the first token of a window has no context and is scored
+    only in the first window.
 
     Args:
         model: a KerasHub `CausalLM` (called on `{"token_ids",
             "padding_mask"}`) or any model mapping ids to logits.
         data: text or token ids, in any form `GPTQConfig.dataset` accepts.
         tokenizer: needed when `data` holds text.
-        sequence_length: tokens per window.
-        stride: distance between window starts (<= sequence_length).
+        sequence_length: tokens per window, the start token included.
+        stride: distance between window starts, in text tokens (at most
+            the text tokens of one window).
         max_tokens: use at most this many tokens of `data`.
         batch_size: windows per forward pass.
         verbose: show a progress bar (tqdm, on stderr).
+        add_start_token: "auto" (as the model's preprocessor does), True or
+            False; as `GPTQConfig.add_start_token`.
 
     Returns:
         The perplexity, `exp(mean negative log-likelihood)`, as a float.
 
     Raises:
-        ValueError: for fewer than `sequence_length` tokens, a
-            `sequence_length` below 2, or a stride outside
-            `[1, sequence_length]` (0 included).
+        ValueError: for fewer tokens than one window, a `sequence_length`
+            below 2, a stride outside its range (0 included), or an
+            invalid `add_start_token`.
     """
     if not _is_int(sequence_length) or sequence_length < 2:
         raise ValueError(
             f"`sequence_length`={sequence_length!r} must be an int >= 2 (a "
             "window needs one token of context per scored token).")
-    stride = sequence_length if stride is None else stride
-    if not _is_int(stride) or not 0 < stride <= sequence_length:
+    frame = calibration.model_framing(model, tokenizer, add_start_token)
+    start = frame.start_id
+    content = sequence_length - (start is not None)
+    stride = content if stride is None else stride
+    if not _is_int(stride) or not 0 < stride <= content:
         raise ValueError(
-            f"`stride`={stride} must be in [1, sequence_length="
-            f"{sequence_length}].")
-    stream = calibration.token_stream(data, tokenizer, max_tokens=max_tokens)
+            f"`stride`={stride} must be in [1, {content}] (the text tokens "
+            f"of a window of `sequence_length`={sequence_length}).")
+    stream = calibration.token_stream(data, tokenizer, max_tokens=max_tokens,
+                                      separator_id=frame.separator_id)
     if max_tokens is not None:
         stream = stream[:max_tokens]
-    if len(stream) < sequence_length:
+    if len(stream) < content:
         raise ValueError(
             f"`data` gave {len(stream)} tokens, fewer than one window of "
             f"`sequence_length`={sequence_length}.")
-    starts = list(range(0, len(stream) - sequence_length + 1, stride))
-    windows = np.stack([stream[s:s + sequence_length] for s in starts])
-    scored_from = [0] + [sequence_length - stride] * (len(starts) - 1)
+    starts = list(range(0, len(stream) - content + 1, stride))
+    windows = np.stack([stream[s:s + content] for s in starts])
+    if start is not None:
+        windows = np.concatenate(
+            [np.full((len(windows), 1), start), windows], axis=1)
+    # Row j of a window's NLL predicts input token j + 1; the first text
+    # token is input token `offset`. Score each stream position once.
+    offset = int(start is not None)
+    first_scored = [offset] + [offset + content - stride] * (len(starts) - 1)
     total, count = 0.0, 0
     with capture.no_grad(), progress.bar(len(windows), "perplexity",
                                          "window", verbose) as bar:
@@ -78,7 +97,7 @@ def evaluate_perplexity(model, data, tokenizer=None, sequence_length=512,
             inputs = capture.model_inputs(model, batch)
             logits = model(inputs, training=False)
             nll = _log_softmax_nll(logits[:, :-1], batch[:, 1:])
-            for row, first in zip(nll, scored_from[i:i + batch_size]):
+            for row, first in zip(nll, first_scored[i:i + batch_size]):
                 part = row[max(first - 1, 0):]
                 total += float(part.sum())
                 count += part.size

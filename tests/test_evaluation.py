@@ -35,16 +35,23 @@ def _log_softmax(x):
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
-def reference_perplexity(model, stream, sequence_length, stride):
+def reference_perplexity(model, stream, sequence_length, stride,
+                         start_id=None):
     """Sliding windows; each stream position scored once, by the first
-    window that holds it with at least one token of context."""
-    starts = range(0, len(stream) - sequence_length + 1, stride)
-    windows = np.stack([stream[s:s + sequence_length] for s in starts])
+    window that holds it with at least one token of context. With
+    `start_id`, windows are `[start] + stream[s:s + sequence_length - 1]`:
+    the start token is given, never scored."""
+    offset = int(start_id is not None)
+    content = sequence_length - offset
+    starts = range(0, len(stream) - content + 1, stride)
+    windows = np.stack([np.concatenate([np.full(offset, start_id or 0),
+                                        stream[s:s + content]])
+                        for s in starts])
     logp = _log_softmax(logits(model, windows.astype("int32")))
     nll, scored = [], np.zeros(len(stream), dtype=int)
     for start, window, window_logp in zip(starts, windows, logp):
         for t in range(1, sequence_length):  # window index t, logits at t-1
-            position = start + t
+            position = start + t - offset
             if scored[position]:
                 continue
             scored[position] = 1
@@ -159,6 +166,50 @@ def test_bad_sequence_length_names_it(model, stream, sequence_length):
                                        sequence_length=sequence_length)
 
 
+class SpecialIds:
+    """A stand-in tokenizer that only names special tokens (data are ids)."""
+
+    def __init__(self, start=None, end=None):
+        self.start_token_id, self.end_token_id = start, end
+
+
+@pytest.mark.parametrize("stride", [None, 10])
+def test_start_token_is_given_not_scored(model, stream, stride):
+    expected, count = reference_perplexity(
+        model, stream, SEQ, stride or SEQ - 1, start_id=3)
+    got = keras_gptq.evaluate_perplexity(
+        model, stream, SpecialIds(start=3), sequence_length=SEQ,
+        stride=stride, add_start_token=True)
+    if stride is None:  # 203 tokens: 6 windows of 31 text tokens, all scored
+        assert count == 6 * (SEQ - 1)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    plain = keras_gptq.evaluate_perplexity(model, stream, SpecialIds(start=3),
+                                           sequence_length=SEQ,
+                                           add_start_token=False)
+    assert plain != pytest.approx(got, rel=1e-6)  # the start token counts
+
+
+def test_auto_follows_the_preprocessor(model, stream):
+    # The tiny llama3 has no preprocessor: "auto" reads the default of its
+    # task's preprocessor class (Llama3CausalLMPreprocessor: start token on).
+    auto = keras_gptq.evaluate_perplexity(model, stream, SpecialIds(start=3),
+                                          sequence_length=SEQ)
+    on = keras_gptq.evaluate_perplexity(model, stream, SpecialIds(start=3),
+                                        sequence_length=SEQ,
+                                        add_start_token=True)
+    assert auto == on
+
+
+def test_start_token_on_without_one_is_an_error(model, stream):
+    with pytest.raises(ValueError, match="`add_start_token`=True"):
+        keras_gptq.evaluate_perplexity(model, stream, SpecialIds(),
+                                       sequence_length=SEQ,
+                                       add_start_token=True)
+    with pytest.raises(ValueError, match="`add_start_token` must be"):
+        keras_gptq.evaluate_perplexity(model, stream, sequence_length=SEQ,
+                                       add_start_token="yes")
+
+
 def test_text_without_tokenizer_names_tokenizer(model):
     with pytest.raises(ValueError, match="tokenizer"):
         keras_gptq.evaluate_perplexity(model, ["some text"],
@@ -169,7 +220,7 @@ def test_text_without_tokenizer_names_tokenizer(model):
 def text_model(tmp_path_factory):
     """A tiny random llama with a real tokenizer (from a tiny GGUF)."""
     from keras_gptq.examples import bundled
-    from test_bundled import random_hf_weights, write_tiny_gguf
+    from helpers.gguf import random_hf_weights, write_tiny_gguf
     tmp = tmp_path_factory.mktemp("gen")
     gguf = write_tiny_gguf(str(tmp / "tiny.gguf"),
                            random_hf_weights(seed=1, tied=True))

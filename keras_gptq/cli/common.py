@@ -56,6 +56,27 @@ def add_data_arguments(parser, default_text):
         "--quiet", action="store_true",
         help="no progress bars (they go to stderr) and no report, only "
              "the result.")
+    add_start_token_argument(parser)
+
+
+# `--start-token` values -> `GPTQConfig.add_start_token` /
+# `evaluate_perplexity(add_start_token=...)`.
+START_TOKEN_SETTINGS = {"auto": "auto", "on": True, "off": False}
+
+
+def add_start_token_argument(parser):
+    """`--start-token auto|on|off`: how windows begin (calibration and
+    evaluation alike)."""
+    parser.add_argument(
+        "--start-token", choices=tuple(START_TOKEN_SETTINGS), default="auto",
+        help="begin every window with the model's start token: 'auto' (as "
+             "its preprocessor does at inference), 'on' or 'off' "
+             "(default: auto).")
+
+
+def start_token_setting(args):
+    """The `add_start_token` value `--start-token` asks for."""
+    return START_TOKEN_SETTINGS[args.start_token]
 
 
 # Quality switches: (flag, GPTQConfig argument, help).
@@ -121,8 +142,8 @@ def config_from_args(args, dataset, tokenizer):
         dataset=dataset, tokenizer=tokenizer, weight_bits=args.bits,
         num_samples=args.samples, sequence_length=args.seq_len,
         hessian_damping=args.damping, group_size=args.group_size,
-        seed=args.seed, **{name: getattr(args, name)
-                           for _, name, _ in _SWITCHES})
+        seed=args.seed, add_start_token=start_token_setting(args),
+        **{name: getattr(args, name) for _, name, _ in _SWITCHES})
 
 
 def load_model(preset):

@@ -26,6 +26,7 @@ def run(args):
     perplexity = keras_gptq.evaluate_perplexity(
         model, common.load_data(args.dataset, evaluation=True),
         tokenizer=common.tokenizer_of(model), sequence_length=args.seq_len,
-        max_tokens=args.max_tokens, verbose=not args.quiet)
+        max_tokens=args.max_tokens, verbose=not args.quiet,
+        add_start_token=common.start_token_setting(args))
     print(f"perplexity: {perplexity:.4f} (backend {keras.config.backend()})")
     return 0

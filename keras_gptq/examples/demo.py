@@ -73,6 +73,7 @@ def build_parser():
     common.add_gptq_arguments(p, samples=32, switches_on=DEFAULT_SWITCHES)
     p.add_argument("--seq-len", type=int, default=256,
                    help="tokens per calibration window (default 256)")
+    common.add_start_token_argument(p)
     p.add_argument("--best", action="store_true",
                    help="the most accurate setting measured on this model: "
                    "--samples 128 with static groups, mse and asymmetric "
@@ -108,7 +109,8 @@ def main(argv=None):
     eval_texts = bundled.evaluation_texts()
     ppl = lambda m: keras_gptq.evaluate_perplexity(  # noqa: E731
         m, eval_texts, tokenizer, sequence_length=512,
-        max_tokens=eval_tokens, verbose=False)
+        max_tokens=eval_tokens, verbose=False,
+        add_start_token=common.start_token_setting(args))
     generations = {}
 
     def generate(name):

@@ -9,7 +9,7 @@ everything else reaches the original.
 
 | # | target | pinned | why |
 |---|---|---|---|
-| 1 | `keras.Model.quantize` | keras 3.15.1 | `model.quantize("gptq", config=keras_gptq.GPTQConfig)` runs keras_gptq's pipeline |
+| 1 | `keras.Model.quantize` (and the per-instance `quantize` of models that exist at import) | keras 3.15.1 | `model.quantize("gptq", config=keras_gptq.GPTQConfig)` runs keras_gptq's pipeline, whatever the import order |
 | 2 | `keras.src.layers.layer.validate_and_resolve_config` | keras 3.15.1 | Keras's per-layer config check accepts a `keras_gptq.GPTQConfig` |
 | 3 | `Dense`, `EinsumDense`: `_gptq_build`, `_gptq_call`, `save_own_variables`, `load_own_variables`, `kernel` | keras 3.15.1 | packed storage for `PackedGPTQPolicy` layers; a clear error when a model made before the import gets our config |
 | 4 | `KerasPresetLoader.load_backbone` | keras-hub 0.32.0 | `Backbone.from_preset` drops the saved dtype-policy map, so packed layers would rebuild as float |
@@ -61,7 +61,8 @@ _PRESET_LOADER = "keras_hub.src.utils.preset_utils.KerasPresetLoader"
 
 PATCHES = (
     Patch(("keras.Model.quantize",), _KERAS,
-          "route a keras_gptq.GPTQConfig to keras_gptq.quantize",
+          "route a keras_gptq.GPTQConfig to keras_gptq.quantize, also on "
+          "models created before the import",
           quantize_route.route_model_quantize),
     Patch(("keras.src.layers.layer.validate_and_resolve_config",), _KERAS,
           "accept a keras_gptq.GPTQConfig", quantize_route.accept_config),

@@ -1,17 +1,33 @@
 """Calibration data: text, token arrays or files → reproducible token windows.
 
-Every accepted form becomes a list of documents, each tokenized to a 1-D
-array of ids; the documents are joined into one token stream and
-`num_samples` windows of `sequence_length` tokens are cut from it at starts
-drawn from `numpy.random.default_rng(seed)` (the reference's random
-windows, but reproducible: Keras 3.15 draws them with `hash()`, which
-changes with PYTHONHASHSEED).
+Windows look like what the model sees at inference (`Framing`):
+
+- Every accepted form becomes a list of documents, each tokenized to a 1-D
+  array of ids. Text documents are joined with the tokenizer's end token
+  between them (how GPT-2, Llama, Qwen and Gemma pretraining packs
+  documents, and how KerasHub's preprocessor ends a training sequence);
+  token-id documents are joined as given.
+- `num_samples` windows are cut from that stream at starts drawn from
+  `numpy.random.default_rng(seed)` (the reference's random windows, but
+  reproducible: Keras 3.15 draws them with `hash()`, which changes with
+  PYTHONHASHSEED).
+- When the model's preprocessor puts a start token first (KerasHub's
+  `add_start_token`, e.g. Gemma's `<bos>`, GPT-2's `<|endoftext|>`), every
+  window begins with it followed by `sequence_length - 1` stream tokens:
+  activations at that position are unlike any other, and layers fitted
+  without them are fitted to inputs the model never gets.
+- A 2-D integer array whose rows are exactly `sequence_length` long is
+  taken as finished windows and used row for row, as given.
 """
 
+import dataclasses
+import inspect
 import os
 import warnings
 
 import numpy as np
+
+from keras_gptq.config import check_add_start_token
 
 # Tokenize at most this many times the tokens the windows need: enough
 # variety for the random windows (a low bound such as 4x draws every window
@@ -99,13 +115,15 @@ def _tokenize(text, tokenizer):
     return _check_ids(ids, "`tokenizer`")
 
 
-def token_stream(dataset, tokenizer, max_tokens=None):
+def token_stream(dataset, tokenizer, max_tokens=None, separator_id=None):
     """Tokenizes `dataset` into one stream of ids.
 
     Args:
         dataset: see `GPTQConfig.dataset`.
         tokenizer: callable mapping a string to ids, or None for ids.
         max_tokens: stop tokenizing documents once this many are collected.
+        separator_id: id put between two text documents (the tokenizer's
+            end token, see `Framing`), or None to join them directly.
 
     Returns:
         int64 1-D array.
@@ -119,6 +137,8 @@ def token_stream(dataset, tokenizer, max_tokens=None):
             if not doc.strip():
                 continue
             ids = _tokenize(doc, tokenizer)
+            if separator_id is not None and pieces:
+                ids = np.concatenate([[separator_id], ids])
         else:
             ids = _check_ids(doc, f"`dataset` item {i}")
         pieces.append(ids)
@@ -133,9 +153,117 @@ def token_stream(dataset, tokenizer, max_tokens=None):
     return np.concatenate(pieces)
 
 
+@dataclasses.dataclass(frozen=True)
+class Framing:
+    """How the model begins a sequence and how documents are joined.
+
+    Attributes:
+        start_id: token put first in every window (the model's start
+            token), or None when the model is fed without one.
+        separator_id: token put between two text documents (the
+            tokenizer's end token), or None.
+    """
+
+    start_id: int = None
+    separator_id: int = None
+
+
+def _special_id(tokenizer, *names):
+    for name in names:
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, (int, np.integer)) and not isinstance(
+                value, bool):
+            return int(value)
+    return None
+
+
+def _adds_start_token(model):
+    """Whether the model's preprocessor puts a start token first: its
+    `add_start_token`, else the default of its task's preprocessor class;
+    None when neither says."""
+    preprocessor = getattr(model, "preprocessor", None)
+    if hasattr(preprocessor, "add_start_token"):
+        return bool(preprocessor.add_start_token)
+    cls = getattr(type(model), "preprocessor_cls", None)
+    if cls is None:
+        return None
+    default = inspect.signature(cls.__init__).parameters.get(
+        "add_start_token")
+    if default is None or default.default is inspect.Parameter.empty:
+        return None
+    return bool(default.default)
+
+
+def model_framing(model, tokenizer=None, add_start_token="auto"):
+    """The `Framing` that feeds `model` as its own preprocessor does.
+
+    Args:
+        model: the model (a KerasHub `CausalLM`: its `preprocessor` says
+            whether a start token comes first; without one, the default of
+            its preprocessor class).
+        tokenizer: the tokenizer of the calibration text; its
+            `start_token_id`/`end_token_id` (KerasHub) or
+            `bos_token_id`/`eos_token_id` (transformers) are used, else the
+            model's preprocessor's tokenizer's.
+        add_start_token: "auto" (what the preprocessor does), True (always;
+            the tokenizer must have a start token) or False (never).
+
+    Returns:
+        A `Framing`.
+
+    Raises:
+        ValueError: `add_start_token` is invalid, or True while no
+            tokenizer names a start token.
+    """
+    check_add_start_token("add_start_token", add_start_token)
+    preprocessor = getattr(model, "preprocessor", None)
+    sources = [t for t in (tokenizer, getattr(preprocessor, "tokenizer",
+                                              None)) if t is not None]
+    start = next((i for i in (_special_id(
+        t, "start_token_id", "bos_token_id") for t in sources)
+        if i is not None), None)
+    end = next((i for i in (_special_id(
+        t, "end_token_id", "eos_token_id") for t in sources)
+        if i is not None), None)
+    if add_start_token is True and start is None:
+        raise ValueError(
+            "`add_start_token`=True, but neither `tokenizer` nor the model's "
+            "preprocessor has a start token (`start_token_id`). Use "
+            "`add_start_token='auto'` (the model's own choice) or False.")
+    if add_start_token == "auto":
+        add_start_token = bool(_adds_start_token(model))
+        if add_start_token and not sources:
+            warnings.warn(
+                f"{type(model).__name__}'s preprocessor begins sequences "
+                "with a start token, but no tokenizer is known to name it, "
+                "so windows begin without one. Pass "
+                "`tokenizer=` (the model's), or `add_start_token=False` to "
+                "silence this.", stacklevel=3)
+    return Framing(start if add_start_token else None, end)
+
+
+def _given_windows(dataset, sequence_length):
+    """The rows of a 2-D integer array of `sequence_length` columns (the
+    user's own windows, used as given), else None."""
+    if not (hasattr(dataset, "shape") and hasattr(dataset, "dtype")):
+        return None
+    array = np.asarray(dataset)
+    if array.ndim != 2 or array.shape[1] != sequence_length or (
+            array.dtype.kind not in "iu"):
+        return None
+    return array.astype(np.int32)
+
+
 def calibration_windows(dataset, tokenizer, num_samples, sequence_length,
-                        seed=0, allow_repeat=False):
-    """Cuts `num_samples` windows of `sequence_length` tokens from `dataset`.
+                        seed=0, allow_repeat=False, framing=Framing()):
+    """`num_samples` windows of `sequence_length` tokens from `dataset`.
+
+    A 2-D integer array with `sequence_length` columns is taken as windows
+    already made: its first `num_samples` rows are used as given (all of
+    them, with a warning, when it has fewer). Any other data is tokenized
+    into one stream (see `token_stream`) and cut at random starts; with
+    `framing.start_id`, each window is that token followed by
+    `sequence_length - 1` stream tokens.
 
     Args:
         dataset: see `GPTQConfig.dataset`.
@@ -145,18 +273,30 @@ def calibration_windows(dataset, tokenizer, num_samples, sequence_length,
         seed: seed of the window starts.
         allow_repeat: when the data is shorter than one window, tile it
             (with a warning) instead of raising.
+        framing: a `Framing` (start token, document separator).
 
     Returns:
-        int32 `[num_samples, sequence_length]` array.
+        int32 `[num_samples, sequence_length]` array (fewer rows only for
+        given windows).
 
     Raises:
         ValueError: when the data holds fewer tokens than one window and
             `allow_repeat` is False.
     """
-    needed = num_samples * sequence_length
+    given = _given_windows(dataset, sequence_length)
+    if given is not None:
+        if len(given) < num_samples:
+            warnings.warn(
+                f"`dataset` holds {len(given)} windows of {sequence_length} "
+                f"tokens, fewer than `num_samples`={num_samples}; using all "
+                f"{len(given)} as given.", stacklevel=2)
+        return given[:num_samples]
+    content = sequence_length - (framing.start_id is not None)
+    needed = num_samples * content
     stream = token_stream(dataset, tokenizer,
-                          max_tokens=_TOKENS_HEADROOM * needed)
-    if len(stream) < sequence_length:
+                          max_tokens=_TOKENS_HEADROOM * needed,
+                          separator_id=framing.separator_id)
+    if len(stream) < content:
         if not allow_repeat:
             raise ValueError(
                 f"`dataset` gave {len(stream)} tokens, fewer than one window "
@@ -166,9 +306,11 @@ def calibration_windows(dataset, tokenizer, num_samples, sequence_length,
         warnings.warn(
             f"Calibration data has only {len(stream)} tokens; repeating it "
             f"to fill windows of {sequence_length}.", stacklevel=2)
-        stream = np.resize(stream, sequence_length)
+        stream = np.resize(stream, content)
     rng = np.random.default_rng(seed)
-    starts = rng.integers(0, len(stream) - sequence_length + 1,
-                          size=num_samples)
-    windows = np.stack([stream[s:s + sequence_length] for s in starts])
+    starts = rng.integers(0, len(stream) - content + 1, size=num_samples)
+    windows = np.stack([stream[s:s + content] for s in starts])
+    if framing.start_id is not None:
+        windows = np.concatenate(
+            [np.full((num_samples, 1), framing.start_id), windows], axis=1)
     return windows.astype(np.int32)

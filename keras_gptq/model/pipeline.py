@@ -70,7 +70,9 @@ def quantize(model, config, filters=None, verbose=True):
     start = time.perf_counter()
     windows = calibration.calibration_windows(
         config.dataset, config.tokenizer, config.num_samples,
-        config.sequence_length, seed=config.seed)
+        config.sequence_length, seed=config.seed,
+        framing=calibration.model_framing(model, config.tokenizer,
+                                    config.add_start_token))
     step = config.calibration_batch_size
     batches = [windows[i:i + step] for i in range(0, len(windows), step)]
     solved = _walk(model, blocks, targets, batches, config, verbose)

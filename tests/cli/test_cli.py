@@ -24,9 +24,10 @@ FLAGS = {
                  "--static-groups", "--mse", "--true-sequential",
                  "--asymmetric-calibration",
                  "--symmetric", "--damping", "--samples", "--seq-len",
-                 "--dataset", "--backend", "--seed", "--quiet", "--debug"],
+                 "--dataset", "--backend", "--seed", "--quiet", "--debug",
+                 "--start-token"],
     "eval": ["--dataset", "--seq-len", "--max-tokens", "--backend",
-             "--quiet", "--debug"],
+             "--quiet", "--debug", "--start-token"],
     "inspect": ["--backend", "--debug"],
 }
 
@@ -212,6 +213,30 @@ def test_quality_flags_reach_the_config(workdir, monkeypatch, flags,
     assert not (workdir / "unused").exists()
 
 
+@pytest.mark.parametrize("value,expected", [
+    ("auto", "auto"), ("on", True), ("off", False)])
+def test_start_token_flag_reaches_config_and_evaluation(
+        workdir, monkeypatch, value, expected):
+    import keras_gptq
+    seen = []
+
+    def stop(*args, **kwargs):
+        config = args[1] if len(args) > 1 else None
+        seen.append(kwargs.get("add_start_token", getattr(
+            config, "add_start_token", None)))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(keras_gptq, "quantize", stop)
+    monkeypatch.setattr(keras_gptq, "evaluate_perplexity", stop)
+    flag = ["--start-token", value]
+    assert cli.main(["quantize", str(workdir / "float"), "--out",
+                     str(workdir / "unused"), "--dataset",
+                     str(workdir / "ids.npy"), *flag]) == 130
+    assert cli.main(["eval", str(workdir / "float"), "--dataset",
+                     str(workdir / "ids.npy"), *flag]) == 130
+    assert seen == [expected, expected]
+
+
 def test_cli_and_demo_share_the_gptq_flags():
     import argparse
 
@@ -233,8 +258,10 @@ def test_cli_and_demo_share_the_gptq_flags():
     assert (args.activation_order, args.static_groups, args.mse,
             args.asymmetric_calibration, args.true_sequential,
             args.samples) == (True, True, True, True, False, 32)
-    off = demo.parse_args(["--no-act-order", "--no-mse"])
+    off = demo.parse_args(["--no-act-order", "--no-mse",
+                           "--start-token", "off"])
     assert not off.activation_order and not off.mse
+    assert common.start_token_setting(off) is False
 
 
 @pytest.mark.parametrize("flags,expected", [

@@ -292,3 +292,109 @@ def test_three_dimensional_array_is_rejected():
 def test_non_integer_ids_in_list_are_rejected():
     with pytest.raises(TypeError, match="`dataset` item 1"):
         windows([[1, 2, 3], [0.5, 1.5]])
+
+
+# ------------------------------------------------- framing: as the model is fed
+
+class SpecialTokenizer:
+    """A byte tokenizer with KerasHub-style special token ids."""
+
+    def __init__(self, start=None, end=None):
+        self.start_token_id, self.end_token_id = start, end
+
+    def __call__(self, text):
+        return byte_tokenizer(text)
+
+
+class FakeModel:
+    """Just what `model_framing` reads: a preprocessor, or none."""
+
+    def __init__(self, preprocessor=None):
+        self.preprocessor = preprocessor
+
+
+class FakePreprocessor:
+    def __init__(self, tokenizer, add_start_token):
+        self.tokenizer, self.add_start_token = tokenizer, add_start_token
+
+
+def test_windows_begin_with_the_start_token():
+    frame = calibration.Framing(start_id=300)
+    ids = np.arange(1000)
+    out = windows(ids, num_samples=6, sequence_length=9, framing=frame)
+    assert out.shape == (6, 9)
+    assert (out[:, 0] == 300).all()
+    # The rest is a contiguous slice of the stream.
+    assert_windows_of(out[:, 1:], ids, 6, 8)
+
+
+def test_text_documents_are_joined_with_the_end_token():
+    out = calibration.token_stream(TEXTS[:2], byte_tokenizer, separator_id=2)
+    expected = np.concatenate([stream_of(TEXTS[:1]), [2],
+                               stream_of(TEXTS[1:2])])
+    np.testing.assert_array_equal(out, expected)
+    # Token-id documents are the user's own: joined as given.
+    np.testing.assert_array_equal(
+        calibration.token_stream([[5, 6], [7]], None, separator_id=2),
+        [5, 6, 7])
+
+
+@pytest.mark.parametrize("adds,setting,expected", [
+    (True, "auto", 1), (False, "auto", None), (True, False, None),
+    (False, True, 1)])
+def test_framing_follows_the_preprocessor(adds, setting, expected):
+    tok = SpecialTokenizer(start=1, end=2)
+    model = FakeModel(FakePreprocessor(tok, adds))
+    frame = calibration.model_framing(model, None, setting)
+    assert frame == calibration.Framing(start_id=expected, separator_id=2)
+
+
+def test_framing_without_a_start_token_in_the_tokenizer():
+    # Qwen's tokenizer has no start token: KerasHub's packer adds none.
+    model = FakeModel(FakePreprocessor(SpecialTokenizer(end=2), True))
+    assert calibration.model_framing(model).start_id is None
+    with pytest.raises(ValueError, match="`add_start_token`=True"):
+        calibration.model_framing(model, None, True)
+
+
+def test_framing_reads_the_task_default_without_a_preprocessor():
+    # A task built without a preprocessor: the class default decides.
+    gemma = keras_hub.models.Gemma3CausalLM.__new__(
+        keras_hub.models.Gemma3CausalLM)
+    object.__setattr__(gemma, "preprocessor", None)
+    tok = SpecialTokenizer(start=1, end=2)
+    assert calibration.model_framing(gemma, tok).start_id == 1
+    with pytest.warns(UserWarning, match="no tokenizer is known"):
+        assert calibration.model_framing(gemma).start_id is None
+
+
+def test_transformers_style_special_ids():
+    class HFTokenizer:
+        bos_token_id, eos_token_id = 7, 8
+
+    model = FakeModel(FakePreprocessor(None, True))
+    assert calibration.model_framing(model, HFTokenizer()) == (
+        calibration.Framing(7, 8))
+
+
+@pytest.mark.parametrize("value", ["on", 1, None, "Auto"])
+def test_bad_add_start_token(value):
+    with pytest.raises(ValueError, match="`add_start_token` must be"):
+        calibration.model_framing(FakeModel(), None, value)
+
+
+# ------------------------------------------------------ windows given as rows
+
+def test_rows_of_sequence_length_are_used_as_given():
+    rows = np.arange(40, dtype=np.int64).reshape(5, 8) % 7
+    out = windows(rows, num_samples=3, sequence_length=8,
+                  framing=calibration.Framing(start_id=99, separator_id=98))
+    np.testing.assert_array_equal(out, rows[:3])  # no start token added
+    assert out.dtype == np.int32
+
+
+def test_fewer_given_rows_than_samples_warns_and_uses_all():
+    rows = np.arange(16).reshape(2, 8)
+    with pytest.warns(UserWarning, match="fewer than `num_samples`=4"):
+        out = windows(rows, num_samples=4, sequence_length=8)
+    np.testing.assert_array_equal(out, rows)

@@ -440,3 +440,45 @@ def test_rtn_mse_baseline_lowers_weight_error():
     for f, p, m in zip(floats, plain, searched):
         assert not np.array_equal(p, m)
         assert np.sum(np.abs(m - f) ** 2.4) < np.sum(np.abs(p - f) ** 2.4)
+
+
+class _StartEnd:
+    """Names a start and an end token, like a KerasHub tokenizer."""
+
+    start_token_id, end_token_id = 1, 2
+
+
+def _calibration_batches(monkeypatch, model, config):
+    """The token batches the walk feeds the model."""
+    seen = []
+    original = capture.catch_block_inputs
+
+    def spy(model, block, batches, on_batch=None):
+        seen.extend(np.array(b) for b in batches)
+        return original(model, block, batches, on_batch)
+
+    monkeypatch.setattr(capture, "catch_block_inputs", spy)
+    keras_gptq.quantize(model, config, verbose=False)
+    return np.concatenate(seen)
+
+
+@pytest.mark.parametrize("setting,starts", [("auto", True), (True, True),
+                                            (False, False)])
+def test_calibration_windows_begin_as_the_model_is_fed(
+        monkeypatch, calibration_tokens, setting, starts):
+    # Gemma3's preprocessor puts <bos> first at inference ("auto": on).
+    model = build_causal_lm("gemma3")
+    tokens = np.where(calibration_tokens == 1, 3, calibration_tokens)
+    config = _config(tokens, tokenizer=_StartEnd(), add_start_token=setting)
+    batches = _calibration_batches(monkeypatch, model, config)
+    assert batches.shape == (32, 64)
+    assert bool((batches[:, 0] == 1).all()) is starts
+    assert not (batches[:, 1:] == 1).any()
+
+
+def test_given_windows_are_used_row_for_row(monkeypatch, calibration_tokens):
+    rows = np.asarray(calibration_tokens[:32 * 64]).reshape(32, 64)
+    config = _config(rows, tokenizer=_StartEnd())
+    batches = _calibration_batches(monkeypatch, build_causal_lm("gemma3"),
+                                   config)
+    np.testing.assert_array_equal(batches, rows)
