@@ -111,7 +111,11 @@ print(f"{len(calibration)} calibration articles, "
 `keras_gptq.evaluate_perplexity` cuts the evaluation text into windows of
 `sequence_length` tokens (disjoint by default, as in the GPTQ paper; a
 smaller `stride` gives sliding windows where every token is still scored
-once) and returns `exp(mean negative log-likelihood)`.
+once) and returns `exp(mean negative log-likelihood)`. It feeds the model
+as its preprocessor does: SmolLM2's KerasHub preprocessor puts a start
+token (`<|im_start|>`) first, so every window begins with it (given, not
+scored); calibration windows begin the same way (`GPTQConfig`'s
+`add_start_token="auto"`).
 """
 
 

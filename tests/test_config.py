@@ -35,6 +35,16 @@ BOOL_ARGS = ["per_channel", "symmetric", "activation_order", "static_groups",
 FRACTION_ARGS = ["hessian_damping", "damping_auto_increase"]
 
 
+@pytest.mark.parametrize("value", ["on", "AUTO", 1, 0, None, "true"])
+def test_add_start_token_is_auto_true_or_false(value):
+    with pytest.raises(ValueError) as excinfo:
+        make(add_start_token=value)
+    assert_names(excinfo, "add_start_token", value)
+    assert "'auto'" in str(excinfo.value)
+    for good in ("auto", True, False):
+        assert make(add_start_token=good).add_start_token == good
+
+
 @pytest.mark.parametrize("name", INT_ARGS)
 @pytest.mark.parametrize("value", [4.0, "4", None, True, [4]])
 def test_integer_arguments_reject_non_integers(name, value):
@@ -204,6 +214,7 @@ NON_DEFAULT = dict(
     activation_order=True, static_groups=True, true_sequential=True,
     mse=True, block_size=32, calibration_batch_size=2,
     damping_auto_increase=0.0, seed=9, asymmetric_calibration=True,
+    add_start_token=False,
 )
 
 
