@@ -141,6 +141,7 @@ _VALIDATORS = {
     "seed": _int(minimum=0),
     "asymmetric_calibration": _check_bool,
     "add_start_token": check_add_start_token,
+    "quantize_router": _check_bool,
 }
 # Calibration-time objects: not serialized (stored as None, as Keras does).
 _NOT_SERIALIZED = ("dataset", "tokenizer", "quantization_layer_structure")
@@ -203,6 +204,10 @@ class GPTQConfig:
             Text documents are joined with the tokenizer's end token
             either way; a 2-D token array of `sequence_length` columns is
             used row for row, as given.
+        quantize_router: also quantize mixture-of-experts router gates
+            (the Dense layers that score the experts, and Qwen-MoE's shared
+            expert gate). Off by default: they are tiny, and a rounding
+            error there changes which experts a token reaches.
 
     Raises:
         TypeError, ValueError: for any argument outside its domain; the
@@ -239,6 +244,7 @@ class GPTQConfig:
     seed: int = 0
     asymmetric_calibration: bool = False
     add_start_token: typing.Any = "auto"
+    quantize_router: bool = False
 
     version: typing.ClassVar[int] = CONFIG_VERSION
 

@@ -17,6 +17,7 @@ everything else reaches the original.
 | 6 | `Llama3Tokenizer.get_config`, `.from_config` | keras-hub 0.32.0 | omit non-default special tokens: SmolLM2's tokenizer cannot be rebuilt |
 | 7 | `save_to_preset` of `Task`, `Backbone`, `Preprocessor`, `Tokenizer` | keras-hub 0.32.0 | a failed save must not destroy the existing preset (write aside, swap in) |
 | 8 | `preset_utils.load_json`, `KerasPresetLoader._load_backbone_weights` | keras-hub 0.32.0 | a corrupt file gets `CorruptPresetError` naming the file, not a bare h5py/JSON error |
+| 9 | expert banks (`MixtralMoeExperts`, `QwenMoeExperts`, `Qwen3MoeExperts`, `Qwen3_5MoeExperts`, `GptOssExperts`): `build`, `_gptq_call`, `save_own_variables`, `load_own_variables` | keras-hub 0.32.0 | packed storage for `PackedGPTQPolicy` expert banks, which Keras cannot build, call, save or load quantized; Mixtral/QwenMoe/Qwen3Moe MoE blocks (`__init__`) get a fixed name, so saved path-keyed policies find them in any process |
 
 The pinned versions are the ones `pyproject.toml` allows
 (`keras>=3.15.1,<3.16`, `keras-hub>=0.32,<0.33`); a new Keras or KerasHub
@@ -27,6 +28,7 @@ import dataclasses
 
 import keras
 
+from keras_gptq.keras_patches import expert_layers
 from keras_gptq.keras_patches import packed_layers
 from keras_gptq.keras_patches import presets
 from keras_gptq.keras_patches import quantize_route
@@ -89,6 +91,9 @@ PATCHES = (
     Patch(("keras_hub.src.utils.preset_utils.load_json",
            f"{_PRESET_LOADER}._load_backbone_weights"), _HUB,
           "CorruptPresetError naming the file", saving.name_corrupt_files),
+    Patch(expert_layers.targets(), _HUB,
+          "packed storage for quantized expert banks",
+          expert_layers.install),
 )
 
 _MARKER = "_keras_gptq_patches"  # on keras.Model: survives a reload of us

@@ -18,7 +18,6 @@ import time
 import warnings
 
 import keras
-import numpy as np
 
 from keras_gptq import storage
 from keras_gptq.algorithm import hessian
@@ -26,9 +25,13 @@ from keras_gptq.algorithm import solver
 from keras_gptq.config import GPTQConfig
 from keras_gptq.model import calibration
 from keras_gptq.model import capture
+from keras_gptq.model import expert_walk
 from keras_gptq.model import layout as layout_lib
 from keras_gptq.model import report as report_lib
+from keras_gptq.model import solve
 from keras_gptq.model import structure
+
+solver_settings = solve.solver_settings  # the public name it always had
 from keras_gptq.utils import memory
 from keras_gptq.utils import progress
 
@@ -62,8 +65,11 @@ def quantize(model, config, filters=None, verbose=True):
     _check_model(model, config)
     blocks = structure.sequential_blocks(
         model, config.quantization_layer_structure)
-    targets = {id(b): structure.target_layers(b, filters) for b in blocks}
-    if not any(targets.values()):
+    targets = {id(b): structure.target_layers(b, filters,
+                                              config.quantize_router)
+               for b in blocks}
+    banks = {id(b): structure.target_banks(b, filters) for b in blocks}
+    if not any(targets.values()) and not any(banks.values()):
         warnings.warn("No Dense/EinsumDense layer matched `filters`; the "
                       "model is unchanged.", stacklevel=2)
         return report_lib.QuantizationReport([], 0.0, 0)
@@ -75,33 +81,21 @@ def quantize(model, config, filters=None, verbose=True):
                                     config.add_start_token))
     step = config.calibration_batch_size
     batches = [windows[i:i + step] for i in range(0, len(windows), step)]
-    solved = _walk(model, blocks, targets, batches, config, verbose)
+    solved = _walk(model, blocks, (targets, banks), batches, config, verbose)
     written = []
     try:
         for item in solved:
-            written.append((item.layer, storage.write_packed(
-                item.layer, item.result, config.weight_bits,
-                config.group_size)))
+            written.append((item, item.write(config)))
     except BaseException:
-        for layer, token in reversed(written):
-            storage.restore_float(layer, token)
+        for item, token in reversed(written):
+            item.restore(token)
         raise
     structure.reset_compiled_functions(model)
     report = report_lib.QuantizationReport(
-        [item.entry for item in solved], time.perf_counter() - start,
-        int(windows.size))
+        [entry for item in solved for entry in item.entries],
+        time.perf_counter() - start, int(windows.size))
     model.gptq_report = report
     return report
-
-
-def solver_settings(config):
-    """The `solver.SolverSettings` a `GPTQConfig` asks for."""
-    return solver.SolverSettings(
-        bits=config.weight_bits, group_size=config.group_size,
-        symmetric=config.symmetric, activation_order=config.activation_order,
-        static_groups=config.static_groups, block_size=config.block_size,
-        damping=config.hessian_damping, mse=config.mse,
-        damping_step=config.damping_auto_increase)
 
 
 @dataclasses.dataclass
@@ -126,6 +120,20 @@ class SolvedLayer:
     result: solver.SolverResult
     entry: report_lib.LayerReport
 
+    @property
+    def entries(self):
+        """Its report entries (one)."""
+        return [self.entry]
+
+    def write(self, config):
+        """Packs the layer; returns the undo token for `restore`."""
+        return storage.write_packed(self.layer, self.result,
+                                    config.weight_bits, config.group_size)
+
+    def restore(self, token):
+        """Undoes `write`."""
+        storage.restore_float(self.layer, token)
+
 
 def _check_model(model, config):
     if not model.built:
@@ -144,7 +152,9 @@ def _check_model(model, config):
 
 
 def _walk(model, blocks, targets, batches, config, verbose):
-    """Solves every block in order; returns the `SolvedLayer`s.
+    """Solves every block in order; returns the `SolvedLayer`s (and
+    `expert_walk.SolvedBank`s). `targets` is `(layers, banks)`, each a
+    dict keyed by `id(block)`.
 
     Only the block being solved holds its dequantized weights (so that the
     next block's inputs come from the quantized block); its float kernels
@@ -158,30 +168,35 @@ def _walk(model, blocks, targets, batches, config, verbose):
     inputs = BlockInputs(calls, calls if config.asymmetric_calibration
                          else None)
     solved = []
-    total = sum(len(targets[id(b)]) for b in blocks)
+    layers, banks = targets
+    total = sum(len(layers[id(b)]) for b in blocks)
     with progress.bar(len(blocks), "blocks", "block", verbose) as block_bar, \
             progress.bar(total, "layers", "layer", verbose, 1) as layer_bar:
         for block in blocks:
             block_solved, inputs = _solve_block(
-                block, targets[id(block)], inputs, config, layer_bar)
+                block, (layers[id(block)], banks[id(block)]), inputs, config,
+                layer_bar)
             solved += block_solved
             memory.release_freed_memory()  # this block's Hessians, inputs
             block_bar.update()
     return solved
 
 
-def _solve_block(block, layers, inputs, config, bar):
-    """Solves one block's layers.
+def _solve_block(block, targets, inputs, config, bar):
+    """Solves one block's layers, then its expert banks.
 
-    Returns `(solved, next_inputs)`: the block's `SolvedLayer`s and the
-    next block's `BlockInputs`. With asymmetric calibration the next
-    block's float inputs come from the first Hessian pass, which runs the
-    float block anyway. The block's float kernels are put back on return.
+    `targets` is `(layers, banks)`: Dense/EinsumDense layers and
+    `experts.MoeLayer`s. Returns `(solved, next_inputs)`: the block's
+    `SolvedLayer`s and `SolvedBank`s and the next block's `BlockInputs`.
+    With asymmetric calibration the next block's float inputs come from the
+    first Hessian pass, which runs the float block anyway. The block's
+    float weights are put back on return.
     """
+    layers, banks = targets
     groups = _probe_groups(block, layers, inputs.calls[0]) if layers else []
     passes = [[g] for g in groups] if config.true_sequential else (
         [groups] if groups else [])
-    swaps = []  # (layer, float kernel, quantized kernel), solved so far
+    swaps = []  # (variable, float value, quantized value), solved so far
     solved, next_float_calls = [], None
     try:
         for sub in passes:
@@ -197,20 +212,24 @@ def _solve_block(block, layers, inputs, config, bar):
                     H, dXXT = hessians[group[0]]
                     kernel, q_kernel, result, entry = _solve_layer(
                         layer, H, config, dXXT)
-                    swaps.append((layer, kernel, q_kernel))
+                    swaps.append((layer._kernel, kernel, q_kernel))
                     layer._kernel.assign(q_kernel)
                     solved.append(SolvedLayer(layer, result, entry))
                     bar.update()
             del hessians
+        solved += expert_walk.solve_banks(block, banks, inputs.calls, config,
+                                          swaps)
         if inputs.float_calls is not None and next_float_calls is None:
             # A block without target layers: no Hessian pass ran.
-            next_float_calls = capture.run_block(block, inputs.float_calls)
+            with _float_kernels(swaps):
+                next_float_calls = capture.run_block(block,
+                                                     inputs.float_calls)
         next_inputs = BlockInputs(capture.run_block(block, inputs.calls),
                                   next_float_calls)
         return solved, next_inputs
     finally:
-        for layer, kernel, _ in swaps:
-            layer._kernel.assign(kernel)
+        for variable, kernel, _ in swaps:
+            variable.assign(kernel)
 
 
 def _probe_groups(block, layers, call):
@@ -246,7 +265,7 @@ def _hessians(block, groups, calls, float_path=None):
     Returns `({first layer of group: (H, dXXT)}, float_outputs)`; `dXXT`
     and `float_outputs` are None unless `float_path` is given:
     `(float_calls, swaps)`, the block's inputs in the float model and
-    `(layer, float_kernel, quantized_kernel)` for the block's already-solved
+    `(variable, float value, quantized value)` for the block's already-solved
     layers. Then each batch first runs through the float block (float
     kernels swapped in) to record what each layer receives in the float
     model, and the accumulators pair it with the same tokens' inputs in the
@@ -287,61 +306,23 @@ def _hessians(block, groups, calls, float_path=None):
 
 @contextlib.contextmanager
 def _float_kernels(swaps):
-    """Puts each `(layer, float_kernel, quantized_kernel)`'s float kernel
+    """Puts each `(variable, float value, quantized value)`'s float value
     in place; the quantized one goes back on exit."""
     try:
-        for layer, kernel, _ in swaps:
-            layer._kernel.assign(kernel)
+        for variable, kernel, _ in swaps:
+            variable.assign(kernel)
         yield
     finally:
-        for layer, _, q_kernel in swaps:
-            layer._kernel.assign(q_kernel)
-
-
-def _float_matrix(layer, H, config):
-    """`(kernel, W[out, in])` of a layer about to be solved, checked."""
-    lay = layout_lib.layer_layout(layer)
-    kernel = keras.ops.convert_to_numpy(
-        keras.ops.cast(layer._kernel, "float32"))
-    W = lay.kernel_to_matrix(kernel)
-    if not np.all(np.isfinite(W)):
-        raise ValueError(
-            f"Layer {layer.path!r} has NaN or Inf weights: the float model "
-            "is broken before quantization. Check the checkpoint it was "
-            "loaded from (and its dtype: float16 overflows easily).")
-    if not np.all(np.isfinite(H)):
-        raise ValueError(
-            f"The calibration activations reaching {layer.path!r} contain "
-            "NaN or Inf: check the model in float32 on this data first."
-        )
-    if config.group_size != -1 and config.group_size > lay.columns:
-        raise ValueError(
-            f"`group_size`={config.group_size} is larger than the "
-            f"{lay.columns} input features of layer {layer.path!r}. Use "
-            f"group_size<={lay.columns}, -1, or `filters` to skip the layer."
-        )
-    return kernel, W
+        for variable, _, q_kernel in swaps:
+            variable.assign(q_kernel)
 
 
 def _solve_layer(layer, H, config, dXXT=None):
     """Solves one layer; returns `(float kernel, quantized kernel, result,
     report entry)`."""
-    kernel, W = _float_matrix(layer, H, config)
-    settings = solver_settings(config)
-    start = time.perf_counter()
-    # RTN's grid: the report's baseline and, with static groups, the
-    # solver's grid too (fitted once: with mse it is the costly part).
-    rtn_grid = settings.fit_grid(W)
-    result = solver.solve_gptq(W, H, settings, dXXT=dXXT,
-                               group_params=rtn_grid)
-    seconds = time.perf_counter() - start
-    Q = solver.dequantize(result.q, result.scale, result.zero, result.g_idx)
-    if result.damping > config.hessian_damping:
-        warnings.warn(
-            f"Hessian of {layer.path!r} was not positive definite; damping "
-            f"raised from {config.hessian_damping:g} to {result.damping:g}.",
-            stacklevel=4)
-    entry = report_lib.layer_entry(layer.path, W, Q, H, settings, result,
-                                   seconds, rtn_grid=rtn_grid)
-    return kernel, layout_lib.layer_layout(layer).matrix_to_kernel(Q), (
-        result), entry
+    lay = layout_lib.layer_layout(layer)
+    kernel = keras.ops.convert_to_numpy(
+        keras.ops.cast(layer._kernel, "float32"))
+    W = lay.kernel_to_matrix(kernel)
+    result, Q, entry = solve.solve_matrix(layer.path, W, H, config, dXXT)
+    return kernel, lay.matrix_to_kernel(Q), result, entry

@@ -24,6 +24,9 @@ class LayerReport:
         damping: the damping fraction used (higher than configured when the
             Hessian needed it).
         seconds: solver time.
+        note: why the layer was not solved by GPTQ, e.g. an expert that
+            received too few calibration tokens and was rounded to
+            nearest; empty otherwise.
     """
 
     name: str
@@ -34,6 +37,7 @@ class LayerReport:
     gptq_error: float
     damping: float
     seconds: float
+    note: str = ""
 
 
 def layer_entry(name, W, Q, H, settings, result, seconds, rtn_grid=None):
@@ -91,7 +95,8 @@ class QuantizationReport:
             lines.append(
                 f"{e.name[-60:]:<60} {shape:>12} {e.bits:>4} "
                 f"{e.group_size:>5} {e.rtn_error:>9.2e} {e.gptq_error:>9.2e} "
-                f"{e.damping:>6.3f} {e.seconds:>6.2f}")
+                f"{e.damping:>6.3f} {e.seconds:>6.2f}"
+                + (f"  {e.note}" if e.note else ""))
         lines.append(f"{len(self.layers)} layers, {self.calibration_tokens} "
                      f"calibration tokens, {self.seconds:.1f} s")
         return "\n".join(lines)

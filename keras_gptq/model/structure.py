@@ -4,8 +4,10 @@
 `quantization_layer_structure`, else the model's own
 `get_quantization_layer_structure("gptq")`); `target_layers` lists a
 block's Dense/EinsumDense layers that `filters` selects and that are one
-`W[out, in]` matrix; `reset_compiled_functions` drops what a model compiled
-around its float layers once they change.
+`W[out, in]` matrix (mixture-of-experts router gates only when asked);
+`target_banks` lists its expert banks (`model/experts.py`);
+`reset_compiled_functions` drops what a model compiled around its float
+layers once they change.
 """
 
 import re
@@ -13,6 +15,8 @@ import warnings
 
 import keras
 
+from keras_gptq import storage
+from keras_gptq.model import experts
 from keras_gptq.model import layout as layout_lib
 
 
@@ -71,33 +75,54 @@ def sequential_blocks(model, structure=None):
     return list(structure["sequential_blocks"])
 
 
-def target_layers(block, filters=None):
+def _check_float(layer):
+    if layer.quantization_mode is not None:
+        policy = storage.layer_policy(layer)
+        raise ValueError(
+            f"Layer {layer.path!r} is already quantized "
+            f"({policy.name}). Quantize the float model: "
+            "reload it from its float preset first."
+        )
+
+
+def target_layers(block, filters=None, quantize_router=False):
     """The Dense/EinsumDense layers of `block` to quantize.
 
     Layers that are not one linear map (e.g. a batched einsum) are skipped
-    with a warning.
+    with a warning. Mixture-of-experts router gates are left out unless
+    `quantize_router` (`GPTQConfig.quantize_router`).
 
     Raises:
         ValueError: a selected layer is already quantized.
     """
     found = []
+    gates = [] if quantize_router else experts.router_gates(block)
     for layer in block._flatten_layers(include_self=True):
         if not isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense)):
             continue
-        if not _matches(layer, filters):
+        if not _matches(layer, filters) or any(layer is g for g in gates):
             continue
-        if layer.quantization_mode is not None:
-            raise ValueError(
-                f"Layer {layer.path!r} is already quantized "
-                f"({layer.dtype_policy.name}). Quantize the float model: "
-                "reload it from its float preset first."
-            )
+        _check_float(layer)
         try:
             layout_lib.layer_layout(layer)
         except layout_lib.UnsupportedLayerError as e:
             warnings.warn(f"Skipping {layer.path!r}: {e}", stacklevel=3)
             continue
         found.append(layer)
+    return found
+
+
+def target_banks(block, filters=None):
+    """The `experts.MoeLayer`s of `block` whose expert bank `filters`
+    selects (matched on the bank's name and path, e.g. `.../experts`).
+
+    Raises:
+        ValueError: a selected bank is already quantized.
+    """
+    found = [moe for moe in experts.moe_layers(block)
+             if _matches(moe.bank, filters)]
+    for moe in found:
+        _check_float(moe.bank)
     return found
 
 

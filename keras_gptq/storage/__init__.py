@@ -5,11 +5,15 @@ Keras's own Dense/EinsumDense layers.
 - `policy`: `PackedGPTQPolicy`, the dtype policy that marks a packed layer.
 - `packed_layer`: build, call, save, load, dequantize; `write_packed`
   turns a float layer into a packed one and `restore_float` undoes it.
+- `packed_experts`: the same for mixture-of-experts banks (one packed
+  matrix per expert); `write_packed_bank` / `restore_float_bank`.
 
 Storage never knows where the numbers came from (GPTQ, RTN or a Hugging
 Face checkpoint).
 """
 
+from keras_gptq.storage.packed_experts import restore_float_bank
+from keras_gptq.storage.packed_experts import write_packed_bank
 from keras_gptq.storage.packed_layer import dequantized_kernel
 from keras_gptq.storage.packed_layer import dequantized_matrix
 from keras_gptq.storage.packed_layer import restore_float
@@ -24,4 +28,5 @@ from keras_gptq.storage.policy import layer_policy
 
 __all__ = ["LAYOUT_VERSION", "PackedGPTQPolicy", "dequantized_kernel",
            "dequantized_matrix", "is_packed", "layer_policy", "pack",
-           "packed_width", "restore_float", "unpack", "write_packed"]
+           "packed_width", "restore_float", "restore_float_bank", "unpack",
+           "write_packed", "write_packed_bank"]

@@ -68,25 +68,41 @@ def _note_group_order(layer, g_idx):
 def dequantized_matrix(layer):
     """Returns the layer's `W[out, in]` as a float32 backend tensor."""
     policy = policy_lib.packed_policy(layer)
-    lay = layer._gptq_layout
-    levels = packing.unpack(layer.quantized_kernel.value, policy.weight_bits,
-                            lay.columns, xp=ops)
-    if getattr(layer, "_gptq_contiguous_groups", False):
-        scale = layer.kernel_scale.value
-        size = grid.group_columns(policy.group_size, lay.columns)
-        groups = grid.num_groups(policy.group_size, lay.columns)
+    return dequantize_rows(
+        layer.quantized_kernel.value, layer.kernel_scale.value,
+        layer.kernel_zero.value, layer.g_idx.value, policy,
+        layer._gptq_layout.columns,
+        getattr(layer, "_gptq_contiguous_groups", False))
+
+
+def dequantize_rows(packed, scale, zero, g_idx, policy, columns,
+                    contiguous):
+    """`W[rows, columns]` (float32 backend tensor) from packed variables.
+
+    Args:
+        packed, scale, zero: `[rows, ...]` packed levels, scales, zeros.
+        g_idx: `[columns]` group of each column.
+        policy: the layer's `PackedGPTQPolicy` (bits, group size).
+        columns: input features.
+        contiguous: `g_idx` is `i // group_size` (then a reshape replaces
+            two gathers).
+    """
+    levels = packing.unpack(packed, policy.weight_bits, columns, xp=ops)
+    rows = packed.shape[0]
+    if contiguous:
+        size = grid.group_columns(policy.group_size, columns)
+        groups = grid.num_groups(policy.group_size, columns)
         levels = ops.cast(levels, "float32")
-        if groups * size != lay.columns:
-            levels = ops.pad(levels, ((0, 0), (0, groups * size - lay.columns)))
-        levels = ops.reshape(levels, (lay.rows, groups, size))
-        zero = ops.cast(layer.kernel_zero.value, "float32")[:, :, None]
+        if groups * size != columns:
+            levels = ops.pad(levels, ((0, 0), (0, groups * size - columns)))
+        levels = ops.reshape(levels, (rows, groups, size))
+        zero = ops.cast(zero, "float32")[:, :, None]
         matrix = ops.reshape((levels - zero) * scale[:, :, None],
-                             (lay.rows, groups * size))
-        return matrix[:, :lay.columns]
-    g_idx = ops.cast(layer.g_idx.value, "int32")
-    scale = ops.take(layer.kernel_scale.value, g_idx, axis=1)
-    zero = ops.cast(ops.take(layer.kernel_zero.value, g_idx, axis=1),
-                    "float32")
+                             (rows, groups * size))
+        return matrix[:, :columns]
+    g_idx = ops.cast(g_idx, "int32")
+    scale = ops.take(scale, g_idx, axis=1)
+    zero = ops.cast(ops.take(zero, g_idx, axis=1), "float32")
     return (ops.cast(levels, "float32") - zero) * scale
 
 
@@ -133,7 +149,33 @@ def load_packed(layer, store):
             the weights file does not hold what the layer's policy implies
             (a corrupted file, or one that belongs to another config).
     """
-    names, policy = _saved_names(layer), policy_lib.packed_policy(layer)
+    variables = {name: getattr(layer, name) for name in _saved_names(layer)}
+    values = read_checked(layer, store, variables, [(
+        "quantized_kernel", "kernel_scale", "kernel_zero", "g_idx")])
+    for name, value in values.items():
+        variables[name].assign(value)
+    _note_group_order(layer, values["g_idx"])
+
+
+def read_checked(layer, store, variables, packed_sets):
+    """Reads `store` (saved in `variables`' order) and checks it.
+
+    Args:
+        layer: the packed layer (for the message and its policy).
+        store: the Keras weights store.
+        variables: `{name: variable}`, in saved order.
+        packed_sets: `(levels, scale, zero, g_idx)` name tuples to check
+            for value ranges.
+
+    Returns:
+        `{name: numpy value}`.
+
+    Raises:
+        ValueError: naming the layer, the variable and what is wrong, when
+            the weights file does not hold what the layer's policy implies
+            (a corrupted file, or one that belongs to another config).
+    """
+    names, policy = list(variables), policy_lib.packed_policy(layer)
     where = (f"Packed GPTQ layer {layer.path!r} ({policy.weight_bits}-bit, "
              f"group {policy.group_size})")
     fix = ("The weights file is corrupted or does not belong to this "
@@ -143,29 +185,29 @@ def load_packed(layer, store):
             f"{where} expects {len(names)} saved variables ({', '.join(names)})"
             f" but the weights file holds {len(store.keys())}. {fix}")
     values = {name: store[str(i)] for i, name in enumerate(names)}
+    packed = {n for names_ in packed_sets for n in names_}
     for name, value in values.items():
-        var = getattr(layer, name)
+        var = variables[name]
         got = (tuple(value.shape), keras.backend.standardize_dtype(value.dtype))
-        if got[0] != tuple(var.shape) or (name != "bias" and got[1] != var.dtype):
+        if got[0] != tuple(var.shape) or (name in packed and got[1] != var.dtype):
             raise ValueError(
                 f"{where}: saved variable {name!r} has shape {got[0]} and "
                 f"dtype {got[1]}, but the layer needs shape "
                 f"{tuple(var.shape)} and dtype {var.dtype}. {fix}")
-    groups = values["kernel_scale"].shape[1]
-    problems = [
-        (not np.all((values["g_idx"] >= 0) & (values["g_idx"] < groups)),
-         f"'g_idx' holds group indices outside [0, {groups})"),
-        (not np.all(values["kernel_zero"] < 2**policy.weight_bits),
-         f"'kernel_zero' holds zero points above {2**policy.weight_bits - 1}"),
-        (not np.all(np.isfinite(values["kernel_scale"])),
-         "'kernel_scale' holds NaN or Inf"),
-    ]
-    for bad, problem in problems:
-        if bad:
-            raise ValueError(f"{where}: {problem}. {fix}")
-    for name, value in values.items():
-        getattr(layer, name).assign(value)
-    _note_group_order(layer, values["g_idx"])
+    for _, scale, zero, g_idx in packed_sets:
+        groups = values[scale].shape[-1]
+        problems = [
+            (not np.all((values[g_idx] >= 0) & (values[g_idx] < groups)),
+             f"{g_idx!r} holds group indices outside [0, {groups})"),
+            (not np.all(values[zero] < 2**policy.weight_bits),
+             f"{zero!r} holds zero points above {2**policy.weight_bits - 1}"),
+            (not np.all(np.isfinite(values[scale])),
+             f"{scale!r} holds NaN or Inf"),
+        ]
+        for bad, problem in problems:
+            if bad:
+                raise ValueError(f"{where}: {problem}. {fix}")
+    return values
 
 
 def write_packed(layer, result, bits, group_size):

@@ -53,7 +53,7 @@ def test_import_replaces_every_listed_target():
 
 
 def test_every_row_names_a_version_and_a_reason():
-    assert len(keras_patches.PATCHES) == 8
+    assert len(keras_patches.PATCHES) == 9
     for patch in keras_patches.PATCHES:
         assert patch.targets and patch.reason and callable(patch.install)
         assert patch.pinned in (f"keras {keras_patches.KERAS_PIN}",

@@ -1,0 +1,171 @@
+"""One block's expert banks: routed tokens -> one Hessian per expert ->
+GPTQ per expert matrix.
+
+For each `experts.MoeLayer` of a block (after the block's Dense layers are
+solved), two passes over the block's calibration inputs:
+
+1. the bank's input rows are split by the router's top-k choice; each
+   expert accumulates the Hessian of the tokens routed to it, and its
+   `tokens` matrices (gate, up) are solved and put in place, dequantized;
+2. each expert's activations on its routed tokens, computed with those
+   quantized gate/up weights, give the Hessian of its `intermediate`
+   (down) matrix.
+
+Rows are counted once per routed token (unweighted, as GPTQModel does);
+`weighted=True` multiplies each row by the square root of its routing
+weight, so `H` weights tokens as the MoE output does (measured in
+`benchmarks/moe_weighting.py`). A matrix whose expert gets fewer tokens
+than `experts.min_tokens(inputs)` is rounded to nearest, with a warning
+and a report note. Float values go into the block's `swaps` so the
+pipeline puts them back.
+"""
+
+import dataclasses
+import warnings
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_gptq import storage
+from keras_gptq.algorithm import hessian
+from keras_gptq.model import capture
+from keras_gptq.model import experts
+from keras_gptq.model import solve
+
+
+@dataclasses.dataclass
+class SolvedBank:
+    """One solved expert bank.
+
+    Attributes:
+        bank: the expert bank layer.
+        family: its `experts.ExpertFamily`.
+        results: `{matrix name: [SolverResult, one per expert]}`.
+        entries: its report entries, one per expert matrix.
+    """
+
+    bank: object
+    family: experts.ExpertFamily
+    results: dict
+    entries: list
+
+    def write(self, config):
+        """Packs the bank; returns the undo token for `restore`."""
+        return storage.write_packed_bank(
+            self.bank, self.family, self.results, config.weight_bits,
+            config.group_size)
+
+    def restore(self, token):
+        """Undoes `write`."""
+        storage.restore_float_bank(self.bank, token)
+
+
+def solve_banks(block, moes, calls, config, swaps, weighted=False):
+    """Solves the expert banks `moes` of `block` on its inputs `calls`.
+
+    Args:
+        block: the transformer block.
+        moes: its `experts.MoeLayer`s to quantize.
+        calls: the block's `(args, kwargs)` calibration inputs.
+        config: the `GPTQConfig`.
+        swaps: the block's `(variable, float, quantized)` list; every
+            expert variable solved here is appended (and left quantized).
+        weighted: weight each routed token's row by its routing weight.
+
+    Returns:
+        A `SolvedBank` per MoE layer.
+    """
+    solved = []
+    for moe in moes:
+        results, entries = {}, []
+        for sees in ("tokens", "intermediate"):
+            hessians, counts = _expert_hessians(block, moe, calls, sees,
+                                                weighted)
+            for matrix in moe.family.matrices:
+                if matrix.sees != sees:
+                    continue
+                results[matrix.name], new = _solve_matrix(
+                    moe, matrix, hessians, counts, config, swaps)
+                entries += new
+        solved.append(SolvedBank(moe.bank, moe.family, results, entries))
+    return solved
+
+
+def _numpy(variable):
+    return np.asarray(keras.ops.convert_to_numpy(
+        keras.ops.cast(variable, "float32")))
+
+
+def _solve_matrix(moe, matrix, hessians, counts, config, swaps):
+    """Solves one bank variable, expert by expert; puts it in place."""
+    variable = getattr(moe.bank, matrix.name)
+    kernel = _numpy(variable)
+    results, entries, Qs = [], [], []
+    for e in range(moe.num_experts):
+        W = matrix.expert_matrix(kernel, e)
+        name = f"{moe.bank.path}/{matrix.name.lstrip('_')}/expert_{e}"
+        need = experts.min_tokens(W.shape[1])
+        note = None
+        if counts[e] < need:
+            note = f"rtn: {counts[e]} tokens < {need}"
+            warnings.warn(
+                f"Expert {e} of {moe.bank.path!r} received {counts[e]} "
+                f"calibration tokens, fewer than the {need} its "
+                f"{matrix.name.lstrip('_')!r} ({W.shape[1]} inputs) needs "
+                "for GPTQ: it is rounded to nearest instead. More "
+                "calibration windows (`num_samples`) route more tokens to "
+                "every expert.", stacklevel=5)
+        result, Q, entry = solve.solve_matrix(name, W, hessians[e], config,
+                                              rtn_note=note)
+        results.append(result)
+        entries.append(entry)
+        Qs.append(Q)
+    q_kernel = matrix.bank_kernel(Qs)
+    swaps.append((variable, kernel, q_kernel))
+    variable.assign(q_kernel)
+    return results, entries
+
+
+def _columns(moe, sees):
+    matrix = next(m for m in moe.family.matrices if m.sees == sees)
+    shape = getattr(moe.bank, matrix.name).shape
+    return int(shape[1] if matrix.layout == "e_in_out" else shape[2])
+
+
+def _expert_hessians(block, moe, calls, sees, weighted):
+    """Runs the block on `calls`; returns `(H per expert, routed token
+    count per expert)` for the bank's `sees` input."""
+    accumulators = [hessian.HessianAccumulator(_columns(moe, sees))
+                    for _ in range(moe.num_experts)]
+    counts = [0] * moe.num_experts
+
+    def add(bank, x):
+        chosen, weights = moe.routing(x)
+        for e in range(moe.num_experts):
+            tokens, slots = np.nonzero(chosen == e)
+            if tokens.size == 0:
+                continue
+            rows = ops.take(x, ops.convert_to_tensor(tokens), axis=0)
+            if sees == "intermediate":
+                rows = experts.bank_hidden(
+                    moe.family, bank, rows, _expert_kernels(moe, e))[0]
+            if weighted:
+                rows = rows * ops.convert_to_tensor(
+                    np.sqrt(weights[tokens, slots])[:, None], rows.dtype)
+            accumulators[e].add(rows)
+            counts[e] += int(tokens.size)
+
+    with capture.record_layer_inputs([moe.bank], add):
+        capture.run_block(block, calls)
+    return [a.result() for a in accumulators], counts
+
+
+def _expert_kernels(moe, e):
+    """`{name: [1, ...] slice}` of expert `e`'s matrices and biases."""
+    kernels = {}
+    for matrix in moe.family.matrices:
+        for name in (matrix.name, matrix.bias):
+            if name is not None:
+                kernels[name] = getattr(moe.bank, name)[e:e + 1]
+    return kernels

@@ -1,0 +1,89 @@
+"""One named matrix, solved: checks, GPTQ (or RTN for a starved expert),
+the damping warning and the report entry.
+
+The walker (`pipeline` for Dense/EinsumDense layers, `expert_walk` for
+expert banks) hands over `W[out, in]` and its Hessian; the math itself is
+`keras_gptq.algorithm.solver.solve_gptq`.
+"""
+
+import time
+import warnings
+
+import numpy as np
+
+from keras_gptq.algorithm import grid
+from keras_gptq.algorithm import solver
+from keras_gptq.model import report as report_lib
+
+
+def solver_settings(config):
+    """The `solver.SolverSettings` a `GPTQConfig` asks for."""
+    return solver.SolverSettings(
+        bits=config.weight_bits, group_size=config.group_size,
+        symmetric=config.symmetric, activation_order=config.activation_order,
+        static_groups=config.static_groups, block_size=config.block_size,
+        damping=config.hessian_damping, mse=config.mse,
+        damping_step=config.damping_auto_increase)
+
+
+def check_matrix(name, W, H, config):
+    """Raises ValueError naming `name` when `W` or `H` cannot be solved."""
+    if not np.all(np.isfinite(W)):
+        raise ValueError(
+            f"Layer {name!r} has NaN or Inf weights: the float model "
+            "is broken before quantization. Check the checkpoint it was "
+            "loaded from (and its dtype: float16 overflows easily).")
+    if not np.all(np.isfinite(H)):
+        raise ValueError(
+            f"The calibration activations reaching {name!r} contain "
+            "NaN or Inf: check the model in float32 on this data first."
+        )
+    columns = W.shape[1]
+    if config.group_size != -1 and config.group_size > columns:
+        raise ValueError(
+            f"`group_size`={config.group_size} is larger than the "
+            f"{columns} input features of layer {name!r}. Use "
+            f"group_size<={columns}, -1, or `filters` to skip the layer."
+        )
+
+
+def solve_matrix(name, W, H, config, dXXT=None, rtn_note=None):
+    """Quantizes `W[out, in]` with GPTQ on `H`, or plain RTN.
+
+    Args:
+        name: the report name (a layer path, or a bank path and expert).
+        W: float32 `[out, in]`.
+        H: its `[in, in]` Hessian.
+        config: the `GPTQConfig`.
+        dXXT: GPTAQ's cross term, or None.
+        rtn_note: when given, round to nearest instead (a starved expert)
+            and record this note in the report entry.
+
+    Returns:
+        `(result, Q, entry)`: the `solver.SolverResult`, the dequantized
+        `Q[out, in]` and the `report.LayerReport`.
+    """
+    check_matrix(name, W, H, config)
+    settings = solver_settings(config)
+    start = time.perf_counter()
+    # RTN's grid: the report's baseline and, with static groups, the
+    # solver's grid too (fitted once: with mse it is the costly part).
+    rtn_grid = settings.fit_grid(W)
+    if rtn_note is None:
+        result = solver.solve_gptq(W, H, settings, dXXT=dXXT,
+                                   group_params=rtn_grid)
+    else:
+        result = solver.SolverResult(*grid.rtn_quantize(
+            W, settings.bits, settings.group_size, settings.symmetric,
+            settings.mse, params=rtn_grid), damping=0.0)
+    seconds = time.perf_counter() - start
+    Q = solver.dequantize(result.q, result.scale, result.zero, result.g_idx)
+    if result.damping > config.hessian_damping:
+        warnings.warn(
+            f"Hessian of {name!r} was not positive definite; damping "
+            f"raised from {config.hessian_damping:g} to {result.damping:g}.",
+            stacklevel=4)
+    entry = report_lib.layer_entry(name, W, Q, H, settings, result,
+                                   seconds, rtn_grid=rtn_grid)
+    entry.note = rtn_note or ""
+    return result, Q, entry
