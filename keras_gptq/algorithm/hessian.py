@@ -50,6 +50,10 @@ class HessianAccumulator:
             asymmetric) else None
 
     def _rows(self, rows):
+        if isinstance(rows, np.ndarray) and not self.on_device:
+            # Host rows stay on the host (no backend op: on JAX each new
+            # row count would compile a new cast).
+            return rows.astype(np.float32, copy=False)
         rows = ops.cast(rows, "float32")
         if not self.on_device:
             rows = np.asarray(ops.convert_to_numpy(rows))

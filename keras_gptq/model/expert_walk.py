@@ -25,7 +25,6 @@ import warnings
 
 import keras
 import numpy as np
-from keras import ops
 
 from keras_gptq import storage
 from keras_gptq.algorithm import hessian
@@ -142,17 +141,19 @@ def _expert_hessians(block, moe, calls, sees, weighted):
 
     def add(bank, x):
         chosen, weights = moe.routing(x)
+        # One dense pass over all experts (the shapes the model itself
+        # uses), then numpy row selection: per-expert backend ops would
+        # see a new shape, hence a new compilation, for every expert.
+        source = x if sees == "tokens" else experts.bank_hidden(
+            moe.family, bank, x, _bank_kernels(moe))
+        source = _numpy(source)
         for e in range(moe.num_experts):
             tokens, slots = np.nonzero(chosen == e)
             if tokens.size == 0:
                 continue
-            rows = ops.take(x, ops.convert_to_tensor(tokens), axis=0)
-            if sees == "intermediate":
-                rows = experts.bank_hidden(
-                    moe.family, bank, rows, _expert_kernels(moe, e))[0]
+            rows = source[tokens] if sees == "tokens" else source[e, tokens]
             if weighted:
-                rows = rows * ops.convert_to_tensor(
-                    np.sqrt(weights[tokens, slots])[:, None], rows.dtype)
+                rows = rows * np.sqrt(weights[tokens, slots])[:, None]
             accumulators[e].add(rows)
             counts[e] += int(tokens.size)
 
@@ -161,11 +162,11 @@ def _expert_hessians(block, moe, calls, sees, weighted):
     return [a.result() for a in accumulators], counts
 
 
-def _expert_kernels(moe, e):
-    """`{name: [1, ...] slice}` of expert `e`'s matrices and biases."""
+def _bank_kernels(moe):
+    """`{name: variable}` of the bank's matrices and biases."""
     kernels = {}
     for matrix in moe.family.matrices:
         for name in (matrix.name, matrix.bias):
             if name is not None:
-                kernels[name] = getattr(moe.bank, name)[e:e + 1]
+                kernels[name] = getattr(moe.bank, name)
     return kernels

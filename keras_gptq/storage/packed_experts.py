@@ -44,7 +44,7 @@ def _dims(matrix, shape):
 def _add_packed(bank, matrices, shapes):
     """Adds the packed variables (zeros) of each matrix to `bank`."""
     policy = policy_lib.packed_policy(bank)
-    bank._gptq_bank_dims = {}
+    bank._gptq_bank_dims, bank._gptq_contiguous = {}, {}
     for matrix in matrices:
         experts, rows, columns = _dims(matrix, shapes[matrix.name])
         bank._gptq_bank_dims[matrix.name] = (experts, rows, columns)
@@ -62,10 +62,8 @@ def _add_packed(bank, matrices, shapes):
 
 def _note_group_order(bank, matrix, g_idx):
     policy = policy_lib.packed_policy(bank)
-    contiguous = getattr(bank, "_gptq_contiguous", {})
-    contiguous[matrix.name] = all(
+    bank._gptq_contiguous[matrix.name] = all(
         grid.has_contiguous_groups(g, policy.group_size) for g in g_idx)
-    bank._gptq_contiguous = contiguous
 
 
 def build_packed_bank(bank, matrices):
