@@ -1,4 +1,8 @@
-"""Round-to-nearest baselines on the same grid as GPTQ, for comparison."""
+"""Round-to-nearest baselines on the same grid as GPTQ, for comparison.
+
+They round what `quantize` quantizes: the blocks' Dense/EinsumDense layers
+(router gates left float) and every expert of their expert banks.
+"""
 
 import keras
 
@@ -20,6 +24,23 @@ def _rtn_layers(model, bits, group_size, symmetric, mse=False):
                 lay.kernel_to_matrix(kernel), bits, group_size, symmetric, mse)
 
 
+def _rtn_banks(model, bits, group_size, symmetric, mse=False):
+    """Yields `(moe, {name: (variable, float_kernel, [levels per expert])})`
+    for every expert bank of the model's blocks."""
+    for block in structure.sequential_blocks(model):
+        for moe in structure.target_banks(block):
+            matrices = {}
+            for matrix in moe.family.matrices:
+                variable = getattr(moe.bank, matrix.name)
+                kernel = keras.ops.convert_to_numpy(
+                    keras.ops.cast(variable, "float32"))
+                matrices[matrix.name] = (variable, kernel, [
+                    grid.rtn_quantize(matrix.expert_matrix(kernel, e), bits,
+                                      group_size, symmetric, mse)
+                    for e in range(moe.num_experts)])
+            yield moe, matrices
+
+
 def rtn_in_place(model, bits, group_size, symmetric=False, mse=False):
     """Round-to-nearest baseline: puts RTN-rounded float weights in place.
 
@@ -35,20 +56,25 @@ def rtn_in_place(model, bits, group_size, symmetric=False, mse=False):
             `GPTQConfig(mse=True)`), a stronger baseline than min/max.
 
     Returns:
-        `[(layer, float_kernel)]`: `restore_kernels` of it undoes the call.
+        `[(variable, float_value)]`: `restore_kernels` of it undoes the call.
     """
     originals = []
     for layer, lay, kernel, levels in _rtn_layers(model, bits, group_size,
                                                   symmetric, mse):
-        originals.append((layer, kernel))
+        originals.append((layer._kernel, kernel))
         layer._kernel.assign(lay.matrix_to_kernel(solver.dequantize(*levels)))
+    for moe, matrices in _rtn_banks(model, bits, group_size, symmetric, mse):
+        for name, (variable, kernel, levels) in matrices.items():
+            originals.append((variable, kernel))
+            variable.assign(moe.family.matrix(name).bank_kernel(
+                [solver.dequantize(*q) for q in levels]))
     return originals
 
 
 def restore_kernels(originals):
-    """Puts back the float kernels `rtn_in_place` returned."""
-    for layer, kernel in originals:
-        layer._kernel.assign(kernel)
+    """Puts back the float values `rtn_in_place` returned."""
+    for variable, kernel in originals:
+        variable.assign(kernel)
 
 
 def rtn_packed(model, bits, group_size, symmetric=False, mse=False):
@@ -69,10 +95,19 @@ def rtn_packed(model, bits, group_size, symmetric=False, mse=False):
         for layer, _, _, levels in _rtn_layers(model, bits, group_size,
                                                symmetric, mse):
             result = solver.SolverResult(*levels, damping=0.0)
-            written.append((layer, storage.write_packed(
+            written.append((storage.restore_float, layer, storage.write_packed(
                 layer, result, bits, group_size)))
+        for moe, matrices in list(_rtn_banks(model, bits, group_size,
+                                             symmetric, mse)):
+            results = {name: [solver.SolverResult(*q, damping=0.0)
+                              for q in levels]
+                       for name, (_, _, levels) in matrices.items()}
+            written.append((storage.restore_float_bank, moe.bank,
+                            storage.write_packed_bank(
+                                moe.bank, moe.family, results, bits,
+                                group_size)))
     except BaseException:
-        for layer, token in reversed(written):
-            storage.restore_float(layer, token)
+        for restore, layer, token in reversed(written):
+            restore(layer, token)
         raise
     structure.reset_compiled_functions(model)
