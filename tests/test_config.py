@@ -31,7 +31,8 @@ def assert_names(excinfo, name, value):
 INT_ARGS = ["weight_bits", "num_samples", "sequence_length", "group_size",
             "block_size", "calibration_batch_size", "seed"]
 BOOL_ARGS = ["per_channel", "symmetric", "activation_order", "static_groups",
-             "true_sequential", "mse", "asymmetric_calibration"]
+             "true_sequential", "mse", "asymmetric_calibration",
+             "quantize_router"]
 FRACTION_ARGS = ["hessian_damping", "damping_auto_increase"]
 
 
@@ -201,7 +202,8 @@ def test_defaults():
     assert config.per_channel is True
     assert not any([config.symmetric, config.activation_order,
                     config.static_groups, config.true_sequential,
-                    config.mse, config.asymmetric_calibration])
+                    config.mse, config.asymmetric_calibration,
+                    config.quantize_router])
     assert config.quantization_layer_structure is None
     assert config.mode == "gptq"
 
@@ -215,6 +217,7 @@ NON_DEFAULT = dict(
     mse=True, block_size=32, calibration_batch_size=2,
     damping_auto_increase=0.0, seed=9, asymmetric_calibration=True,
     add_start_token=False,
+    quantize_router=True,
 )
 
 
