@@ -5,6 +5,9 @@ Read in the order the data meets it:
 - `capture`: the first block's inputs from the real forward pass; each
   layer's inputs while a block runs.
 - `layout`: a Dense/EinsumDense kernel as one `W[out, in]` matrix.
+- `experts`: the mixture-of-experts families, one declarative table each.
+- `solve`: one named matrix: checks, GPTQ (or RTN), the report entry.
+- `expert_walk`: a block's expert banks, one Hessian per expert.
 - `pipeline`: the block-by-block driver (`quantize`), rollback on failure.
 - `baselines`: round-to-nearest on the same grid, for comparison.
 - `report`: the per-layer report.

@@ -12,11 +12,12 @@ solved), two passes over the block's calibration inputs:
    (down) matrix.
 
 Rows are counted once per routed token (unweighted, as GPTQModel does);
-`weighted=True` multiplies each row by the square root of its routing
-weight, so `H` weights tokens as the MoE output does (measured in
-`benchmarks/moe_weighting.py`). A matrix whose expert gets fewer tokens
-than `experts.min_tokens(inputs)` is rounded to nearest, with a warning
-and a report note. Float values go into the block's `swaps` so the
+`WEIGHT_BY_ROUTER = True` multiplies each row by the square root of its
+routing weight, so `H` weights tokens as the MoE output does. Measured in
+`benchmarks/moe_weighting.py` (see `benchmarks/RESULTS.md`), weighting was
+not better, so it is off. A matrix whose expert gets fewer tokens
+than `experts.min_tokens(inputs)` (1.25 per input) is rounded to nearest, with
+a warning and a report note. Float values go into the block's `swaps` so the
 pipeline puts them back.
 """
 
@@ -32,6 +33,7 @@ from keras_gptq.model import capture
 from keras_gptq.model import experts
 from keras_gptq.model import solve
 
+WEIGHT_BY_ROUTER = False  # see the module docstring
 
 @dataclasses.dataclass
 class SolvedBank:
@@ -60,7 +62,7 @@ class SolvedBank:
         storage.restore_float_bank(self.bank, token)
 
 
-def solve_banks(block, moes, calls, config, swaps, weighted=False):
+def solve_banks(block, moes, calls, config, swaps, weighted=None):
     """Solves the expert banks `moes` of `block` on its inputs `calls`.
 
     Args:
@@ -70,11 +72,14 @@ def solve_banks(block, moes, calls, config, swaps, weighted=False):
         config: the `GPTQConfig`.
         swaps: the block's `(variable, float, quantized)` list; every
             expert variable solved here is appended (and left quantized).
-        weighted: weight each routed token's row by its routing weight.
+        weighted: weight each routed token's row by its routing weight
+            (default: `WEIGHT_BY_ROUTER`).
 
     Returns:
         A `SolvedBank` per MoE layer.
     """
+    if weighted is None:
+        weighted = WEIGHT_BY_ROUTER
     solved = []
     for moe in moes:
         results, entries = {}, []

@@ -314,9 +314,11 @@ def test_starved_experts_fall_back_to_rtn_with_warning_and_report_note(
     assert all(storage.is_packed(m.bank) for m in _moes(model))
 
 
-def test_token_threshold_is_one_token_per_input():
-    assert experts.min_tokens(64) == 64
-    assert experts.min_tokens(1) == 1
+def test_token_threshold_is_measured_break_even_with_margin():
+    # benchmarks/expert_tokens.py: GPTQ beats RTN held out from ~1.1
+    # tokens per input; 1.25 leaves a margin.
+    assert experts.min_tokens(64) == 80
+    assert experts.min_tokens(1) == 2
 
 
 def test_failed_write_leaves_the_model_unchanged(calibration_tokens,
