@@ -184,19 +184,6 @@ def write_packed_bank(bank, family, results, bits, group_size):
 
 def restore_float_bank(bank, token):
     """Undoes `write_packed_bank`: float variables and policy come back."""
-    old_policy, floats, (trainable, non_trainable) = token
-    bank._tracker.unlock()
-    for name in floats:
-        for attr in packed_names(name):
-            if getattr(bank, attr, None) is not None:
-                packed_layer._drop_variable(bank, attr)
-        if getattr(bank, name, None) is not floats[name]:
-            setattr(bank, name, floats[name])
-    bank._trainable_variables[:] = trainable
-    bank._non_trainable_variables[:] = non_trainable
-    policy_lib.set_policy(bank, old_policy)
-    bank._is_quantized = False
-    bank.is_gptq_calibrated = False
-    bank._tracker.lock()
-    packed_layer._retrack(bank)
-
+    old_policy, floats, order = token
+    packed = [n for name in floats for n in packed_names(name)]
+    packed_layer.put_back_float(bank, packed, floats, old_policy, order)

@@ -253,17 +253,28 @@ def restore_float(layer, token):
         layer: a layer passed to `write_packed`.
         token: the value `write_packed` returned for it.
     """
-    old_policy, old_kernel, (trainable, non_trainable) = token
+    old_policy, old_kernel, order = token
+    put_back_float(layer, ("quantized_kernel", "kernel_scale", "kernel_zero",
+                           "g_idx"), {"_kernel": old_kernel}, old_policy,
+                   order)
+
+
+def put_back_float(layer, packed, floats, policy, order):
+    """Drops the `packed` variables, re-attaches the `floats`
+    (`{attribute: variable}`), and restores the variable order
+    `(trainable, non_trainable)` and the float `policy`."""
+    trainable, non_trainable = order
     layer._tracker.unlock()
-    for name in ("quantized_kernel", "kernel_scale", "kernel_zero", "g_idx"):
+    for name in packed:
         if getattr(layer, name, None) is not None:
             _drop_variable(layer, name)
-    if getattr(layer, "_kernel", None) is not old_kernel:
-        layer._kernel = old_kernel
-    # Re-tracking appends the kernel last; put every variable back in place.
+    for name, variable in floats.items():
+        if getattr(layer, name, None) is not variable:
+            setattr(layer, name, variable)
+    # Re-tracking appends the floats last; put every variable back in place.
     layer._trainable_variables[:] = trainable
     layer._non_trainable_variables[:] = non_trainable
-    policy_lib.set_policy(layer, old_policy)
+    policy_lib.set_policy(layer, policy)
     layer._is_quantized = False
     layer.is_gptq_calibrated = False
     layer._tracker.lock()
