@@ -52,23 +52,36 @@ def read_policies(config_path):
     return policies, name or "float32"
 
 
-def _packed_layer(vars_group):
-    """`(rows, columns, bits, groups, packed_bytes)` of one h5 `vars` group
-    holding keras_gptq packed storage, or None."""
-    names = sorted(vars_group.keys(), key=int)
-    if len(names) not in (4, 5):
-        return None
-    q, scale, zero, g_idx = (vars_group[n] for n in names[-4:])
+def _packed_set(q, scale, zero, g_idx):
+    """`(rows, columns, bits, groups, packed_bytes)` of one packed matrix
+    (levels, scales, zeros, group indices), or None. An expert bank's
+    matrix has a leading expert axis; its rows are experts x outputs."""
     dtypes = [str(d.dtype) for d in (q, scale, zero, g_idx)]
-    if dtypes != ["uint8", "float32", "uint8", "int32"] or g_idx.ndim != 1:
+    if dtypes != ["uint8", "float32", "uint8", "int32"] or (
+            q.ndim != g_idx.ndim + 1 or q.ndim not in (2, 3)):
         return None
-    rows, columns = q.shape[0], g_idx.shape[0]
-    if scale.shape != zero.shape or scale.shape[0] != rows or (
-            q.shape[1] % math.ceil(columns / 8)):
+    if scale.shape != zero.shape or scale.shape[:-1] != q.shape[:-1]:
         return None
+    columns = g_idx.shape[-1]
+    if q.shape[-1] % math.ceil(columns / 8):
+        return None
+    rows = math.prod(q.shape[:-1])
     packed = sum(d.size * d.dtype.itemsize for d in (q, scale, zero, g_idx))
-    return rows, columns, q.shape[1] // math.ceil(columns / 8), (
-        scale.shape[1]), packed
+    return rows, columns, q.shape[-1] // math.ceil(columns / 8), (
+        scale.shape[-1]), packed
+
+
+def _packed_layer(vars_group):
+    """The packed matrices of one h5 `vars` group: `[(rows, columns, bits,
+    groups, packed_bytes)]`, one for a Dense layer, one per matrix of an
+    expert bank (packed sets come last, after float biases)."""
+    data = [vars_group[n] for n in sorted(vars_group.keys(), key=int)]
+    found, end = [], len(data)
+    while end >= 4 and (entry := _packed_set(*data[end - 4:end])):
+        found.insert(0, entry)
+        end -= 4
+    # keras_gptq storage keeps at most a float bias per packed matrix.
+    return found if end <= len(found) else []
 
 
 def _readable(h5_path):
@@ -95,9 +108,10 @@ def read_packed_layers(weights_path):
 
     def visit(name, obj):
         if isinstance(obj, h5py.Group) and name.endswith("/vars"):
-            entry = _packed_layer(obj)
-            if entry is not None:
-                found.append((_readable(name), *entry))
+            entries = _packed_layer(obj)
+            for k, entry in enumerate(entries):
+                suffix = f"#{k}" if len(entries) > 1 else ""
+                found.append((_readable(name) + suffix, *entry))
 
     with h5py.File(weights_path, "r") as f:
         f.visititems(visit)
@@ -133,15 +147,16 @@ def run(args):
     layers = read_packed_layers(weights_path)
     if not policies or not layers:
         raise common.CLIError(f"{folder!r} holds no keras_gptq packed layers.")
-    if len(policies) != len(layers):
+    count = len({entry[0].split("#")[0] for entry in layers})
+    if len(policies) != count:
         print(f"warning: config.json lists {len(policies)} packed layers but "
-              f"model.weights.h5 holds {len(layers)}.", file=sys.stderr)
+              f"model.weights.h5 holds {count}.", file=sys.stderr)
     packed_total, float_total = _print_layers(
         layers, set(policies.values()), float_dtype)
     size = sum(os.path.getsize(os.path.join(root, f))
                for root, _, files in os.walk(folder) for f in files)
     as_float = size - packed_total + float_total
-    print(f"{len(layers)} packed layers: {packed_total} bytes packed vs "
+    print(f"{count} packed layers: {packed_total} bytes packed vs "
           f"{float_total} bytes {float_dtype} "
           f"({float_total / max(packed_total, 1):.2f}x smaller)")
     print(f"preset size: {size} bytes; with these layers in {float_dtype}: "

@@ -442,3 +442,25 @@ def test_corrupt_bank_weights_fail_naming_layer_and_variable():
     short = {k: v for k, v in store.items() if k != "11"}
     with pytest.raises(ValueError, match="expects 12 saved variables"):
         moe.bank.load_own_variables(short)
+
+
+def test_rtn_packed_rounds_expert_banks_like_rtn_in_place(heldout_tokens):
+    in_place, packed = build_moe("qwen3_moe"), build_moe("qwen3_moe")
+    baselines.rtn_in_place(in_place, 3, 16)
+    baselines.rtn_packed(packed, 3, 16)
+    assert all(storage.is_packed(m.bank) for m in _moes(packed))
+    np.testing.assert_allclose(logits(packed, heldout_tokens),
+                               logits(in_place, heldout_tokens),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_inspect_lists_each_expert_matrix(runs):
+    from keras_gptq.cli import inspect_preset
+
+    folder = runs["mixtral"]["root"] / "mixtral_gptq"
+    layers = inspect_preset.read_packed_layers(
+        str(folder / "model.weights.h5"))
+    banks = [entry for entry in layers if "#" in entry[0]]
+    assert len(banks) == 2 * 3  # blocks x (gate, up, down)
+    for _, rows, columns, bits, groups, _ in banks:
+        assert (rows, columns, bits, groups) == (4 * 32, 32, 3, 2)
