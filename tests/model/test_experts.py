@@ -96,44 +96,47 @@ def _moe_outputs(moe, x, chosen, weights):
     return np.sum(out[chosen, rows] * weights[..., None], axis=1)
 
 
-def _expert_errors(reference, others, heldout_tokens):
-    """Held-out error of each model's first expert bank, on the float
-    model's bank inputs and routing: `{name: mean squared error}`."""
+def _routed_inputs(model, heldout_tokens):
+    """The first expert bank's held-out inputs and the router's choice."""
     seen = []
-    moe = _moes(reference)[0]
+    moe = _moes(model)[0]
     with capture.record_layer_inputs([moe.bank], lambda _, x: seen.append(x)):
-        logits(reference, heldout_tokens)
-    x = seen[0]
-    chosen, weights = moe.routing(x)
-    want = _moe_outputs(moe, x, chosen, weights)
-    return {name: float(np.mean((_moe_outputs(
-        _moes(model)[0], x, chosen, weights) - want) ** 2))
-        for name, model in others.items()}
+        logits(model, heldout_tokens)
+    return (seen[0], *moe.routing(seen[0]))
+
+
+# Quantized with `quantize_router=True` (router and shared-expert gate).
+ROUTER_FAMILY = "qwen3_5_moe"
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, calibration_tokens, heldout_tokens):
-    """Per family: float, RTN and GPTQ held-out logits and expert errors,
-    the report, the quantized model and its float and GPTQ presets."""
+    """Per family: float, RTN and GPTQ held-out logits and expert-bank
+    errors, the report, the quantized model and its float and GPTQ
+    presets."""
     root = tmp_path_factory.mktemp("moe")
     out = {}
     for family in FAMILIES:
-        reference, rtn = build_moe(family), build_moe(family)
+        # One model is the float reference, then the RTN baseline.
+        reference = build_moe(family)
         reference.save_to_preset(str(root / f"{family}_float"))
-        baselines.rtn_in_place(rtn, 3, 16)
+        float_logits = logits(reference, heldout_tokens)
+        routed = _routed_inputs(reference, heldout_tokens)
+        want = _moe_outputs(_moes(reference)[0], *routed)
+        baselines.rtn_in_place(reference, 3, 16)
         model = build_moe(family)
         # Act-order (per-expert group permutations) on two families.
         act = family in ("qwen_moe", "gpt_oss")
-        report = keras_gptq.quantize(
-            model, _config(calibration_tokens, activation_order=act),
-            verbose=False)
+        report = keras_gptq.quantize(model, _config(
+            calibration_tokens, activation_order=act,
+            quantize_router=family == ROUTER_FAMILY), verbose=False)
         model.save_to_preset(str(root / f"{family}_gptq"))
         out[family] = dict(
-            reference=logits(reference, heldout_tokens),
-            rtn=logits(rtn, heldout_tokens),
+            reference=float_logits, rtn=logits(reference, heldout_tokens),
             gptq=logits(model, heldout_tokens), report=report, model=model,
-            root=root, experts=_expert_errors(
-                reference, {"rtn": rtn, "gptq": model}, heldout_tokens))
+            root=root, experts={name: float(np.mean((_moe_outputs(
+                _moes(m)[0], *routed) - want) ** 2))
+                for name, m in (("rtn", reference), ("gptq", model))})
     return out
 
 
@@ -161,9 +164,13 @@ def test_experts_packed_and_router_gates_float(runs, family):
         assert not any(hasattr(moe.bank, m.name) for m in moe.family.matrices)
     gates = [g for b in model.backbone.transformer_layers
              for g in experts.router_gates(b)]
-    assert gates and all(g.quantization_mode is None for g in gates)
     names = [e.name for e in report.layers]
-    assert not any(g.path in names for g in gates)
+    if family == ROUTER_FAMILY:  # quantize_router=True: router and gate
+        assert len(gates) == 4 and all(storage.is_packed(g) for g in gates)
+        assert all(g.path in names for g in gates)
+    else:
+        assert gates and all(g.quantization_mode is None for g in gates)
+        assert not any(g.path in names for g in gates)
     per_bank = 4 * len(moes[0].family.matrices)
     expert_entries = [e for e in report.layers if "/expert_" in e.name]
     assert len(expert_entries) == 2 * per_bank
@@ -260,17 +267,11 @@ def test_preset_reloads_with_same_logits(runs, family, heldout_tokens):
 
 
 def test_presets_reload_in_fresh_process_with_same_logits(
-        runs, heldout_tokens, tmp_path, calibration_tokens):
-    # A fresh process reloads GptOss (biases, act-order) and a Mixtral
-    # with its router quantized (`quantize_router=True`).
-    model = build_moe("mixtral")
-    keras_gptq.quantize(model, _config(calibration_tokens,
-                                       quantize_router=True), verbose=False)
-    assert all(storage.is_packed(m.router) for m in _moes(model))
+        runs, heldout_tokens, tmp_path):
+    # A fresh process reloads GptOss (biases, act-order) and Qwen3.5-MoE
+    # (router and shared-expert gate quantized).
     root = runs[FAMILIES[0]]["root"]
-    model.save_to_preset(str(root / "router_gptq"))
-    expected = {"gpt_oss": runs["gpt_oss"]["gptq"],
-                "router": logits(model, heldout_tokens)}
+    expected = {f: runs[f]["gptq"] for f in ("gpt_oss", ROUTER_FAMILY)}
     np.save(tmp_path / "tokens.npy", heldout_tokens)
     script = (
         "import sys, numpy as np, keras, keras_hub, keras_gptq\n"
