@@ -69,8 +69,10 @@ def build_moe(family):
 
 
 def _config(tokens, **kwargs):
+    # Markov token ids, no tokenizer: windows as given, no start token.
     settings = dict(num_samples=32, sequence_length=64, weight_bits=3,
-                    group_size=16, calibration_batch_size=16)
+                    group_size=16, calibration_batch_size=16,
+                    add_start_token=False)
     settings.update(kwargs)
     return keras_gptq.GPTQConfig(dataset=tokens, **settings)
 
