@@ -59,7 +59,8 @@ def main():
                     dataset=markov_tokens(40_000, seed=10 + seed),
                     num_samples=args.samples, sequence_length=64,
                     weight_bits=args.bits, group_size=16,
-                    calibration_batch_size=16), verbose=False)
+                    calibration_batch_size=16, add_start_token=False),
+                    verbose=False)
                 errors.append(_error(model, heldout, reference))
             print(f"| {family} | {seed} | {rtn_error:.3e} | {errors[0]:.3e} "
                   f"| {errors[1]:.3e} | {errors[1] / errors[0]:.3f} |",
