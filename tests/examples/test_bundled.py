@@ -28,6 +28,7 @@ from helpers.gguf import read_gguf_tensors  # noqa: E402
 from helpers.gguf import tiny_vocabulary  # noqa: E402
 from helpers.gguf import write_tiny_gguf  # noqa: E402
 from keras_gptq.examples import bundled  # noqa: E402
+from keras_gptq.examples import cache  # noqa: E402
 from keras_gptq.examples import gguf as gguf_conversion  # noqa: E402
 
 
@@ -167,7 +168,7 @@ def test_stale_or_incomplete_cache_is_rebuilt(damage, tiny, tmp_path, monkeypatc
     _, path, _ = tiny
     monkeypatch.setattr(bundled, "default_gguf_path", lambda: path)
     folder = bundled.default_model_folder(str(tmp_path))
-    marker_path = os.path.join(folder, bundled._MARKER_FILE)
+    marker_path = os.path.join(folder, cache.MARKER_FILE)
     with open(marker_path) as f:
         marker = json.load(f)
     open(os.path.join(folder, "left_by_old_version.txt"), "w").close()
