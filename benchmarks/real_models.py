@@ -21,7 +21,7 @@ Each method runs in its own fresh process (peak RSS is its own: loading +
 quantizing), one after the other. Rows are saved as they finish in
 `<out>.json`; `--reuse <out>.json` skips methods already measured.
 
-Usage:
+Usage (from the repository root, keras_gptq installed or PYTHONPATH=.):
     KERAS_BACKEND=jax nice python benchmarks/real_models.py --model qwen2.5-0.5b
     python benchmarks/real_models.py --model smollm2 --methods float,rtn-4
 Writes benchmarks/real_models_<model>.md and .json (override with --out).
@@ -51,12 +51,10 @@ METHODS = {
 
 
 def load(model_name):
-    """Loads one of `MODELS` as a KerasHub CausalLM."""
-    if model_name == "smollm2":
-        from keras_gptq.examples import bundled
-        return bundled.load_default_model()
-    from keras_gptq.examples import qwen
-    return qwen.load_qwen2_5(model_name.split("-")[1])
+    """Loads one of `MODELS` as a KerasHub CausalLM (the CLI's loader)."""
+    from keras_gptq.cli import common
+    return common.load_model("default" if model_name == "smollm2"
+                             else model_name)
 
 
 def _quantize(method, model, args):
