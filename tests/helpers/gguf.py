@@ -1,6 +1,9 @@
 """A tiny synthetic llama or qwen2 GGUF file, and an independent numpy
 model to check the conversion against."""
 
+import json
+import os
+
 import gguf
 import keras
 import numpy as np
@@ -11,6 +14,21 @@ TINY = dict(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128,
             eps=1e-5, rope_base=10000.0)
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 MERGES = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "c a", "Ġ ca", "Ġca t"]
+
+
+def read_tiny_config(folder, hf_class, model_type):
+    """The converted folder's config.json, after checking the class, the
+    model type and the tiny model's dimensions."""
+    with open(os.path.join(folder, "config.json")) as f:
+        config = json.load(f)
+    assert config["architectures"] == [hf_class]
+    assert config["model_type"] == model_type
+    assert (config["num_hidden_layers"], config["hidden_size"],
+            config["num_attention_heads"], config["num_key_value_heads"],
+            config["intermediate_size"]) == (
+        TINY["layers"], TINY["hidden"], TINY["heads"], TINY["kv_heads"],
+        TINY["intermediate"])
+    return config
 
 
 def gpt2_byte_chars():
