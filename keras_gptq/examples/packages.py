@@ -16,11 +16,12 @@ INSTALL_COMMANDS = {
     "datasets": "pip install datasets",
 }
 
-def missing_package(package):
-    """Returns an ImportError naming the `pip install` that fixes it."""
+def missing_package(package, install=None):
+    """Returns an ImportError naming the `pip install` that fixes it
+    (`install`, default `INSTALL_COMMANDS[package]`)."""
     return ImportError(
         f"keras_gptq's bundled model/text needs the `{package}` package. "
-        f"Install it with: {INSTALL_COMMANDS[package]}")
+        f"Install it with: {install or INSTALL_COMMANDS[package]}")
 
 
 def import_or_explain(module_name):
@@ -31,19 +32,21 @@ def import_or_explain(module_name):
         raise missing_package(module_name.split(".")[0]) from err
 
 
-def package_data_path(package, relative_path):
+def package_data_path(package, relative_path, install=None):
     """Finds `relative_path` inside an installed package without importing it.
 
     Returns the absolute path. Raises ImportError (package missing, names the
-    pip command) or FileNotFoundError (package lacks the file).
+    pip command: `install`, default `INSTALL_COMMANDS[package]`) or
+    FileNotFoundError (package lacks the file).
     """
+    install = install or INSTALL_COMMANDS[package]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise missing_package(package)
+        raise missing_package(package, install)
     for location in spec.submodule_search_locations:
         path = os.path.join(location, relative_path)
         if os.path.isfile(path):
             return path
     raise FileNotFoundError(
         f"`{relative_path}` is missing from the installed `{package}` "
-        f"package; reinstall it with: {INSTALL_COMMANDS[package]}")
+        f"package; reinstall it with: {install}")

