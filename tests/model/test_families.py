@@ -55,6 +55,10 @@ BITS, GROUP = 4, 16
 # their bytes; at least this fraction must be saved.
 SAVED_FRACTION = 0.6
 _SLOW_ON_JAX = ("qwen3_5", "qwen3_5_moe")
+# GptOss on JAX: its quantized router flips top-2 choices, which outweighs
+# GPTQ's gain (logit error 1.11x RTN's; 0.69x with the router left float).
+# Router gates stay float once the MoE change lands; then this passes.
+_ROUTER_FLIPS = {("gpt_oss", "jax")}
 
 
 def full_cell_backend(name):
@@ -105,10 +109,14 @@ def _cell(name, marks=()):
 
 
 def _quantize_cells():
-    cells = []
+    backend, cells = keras.config.backend(), []
     for name in NAMES:
-        slow = (name in _SLOW_ON_JAX and keras.config.backend() == "jax")
-        cells.append(_cell(name, [pytest.mark.slow] if slow else []))
+        marks = [pytest.mark.slow] if (
+            name in _SLOW_ON_JAX and backend == "jax") else []
+        if (name, backend) in _ROUTER_FLIPS:
+            marks.append(pytest.mark.xfail(strict=True, reason=(
+                "the router gate is quantized; its flips outweigh GPTQ")))
+        cells.append(_cell(name, marks))
     return cells
 
 
