@@ -97,3 +97,25 @@ def test_float_rows_must_match_the_accumulator_kind():
         hessian.HessianAccumulator(4).add(X, X)
     with pytest.raises(ValueError, match="`float_rows`"):
         hessian.HessianAccumulator(4, asymmetric=True).add(X)
+
+
+class _KeywordBlock(keras.layers.Layer):
+    """A block the model calls with its hidden states by keyword, as
+    Falcon's backbone does (`block(inputs=x, decoder_padding_mask=m)`)."""
+
+    def call(self, inputs, scale=None):
+        return inputs * scale
+
+
+def test_hidden_states_passed_by_keyword_are_caught_first_and_replaced():
+    block = _KeywordBlock()
+    tokens = keras.Input((3,))
+    model = keras.Model(tokens, block(inputs=tokens, scale=2.0))
+    x = np.arange(6, dtype="float32").reshape(2, 3)
+    calls = capture.catch_block_inputs(model, block, [x])
+    (args, kwargs), = calls
+    assert set(kwargs) == {"scale"}
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(args[0]), x)
+    # Running the block twice feeds its output back as the hidden states.
+    (args, _), = capture.run_block(block, capture.run_block(block, calls))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(args[0]), 4 * x)
