@@ -53,17 +53,23 @@ def _wrapped_call(layer, wrapper):
 def model_inputs(model, token_ids):
     """Builds the inputs a model's forward pass takes for `token_ids`.
 
-    KerasHub backbones take `{"token_ids", "padding_mask"}`; other models
-    take the ids themselves.
+    KerasHub backbones take `{"token_ids", "padding_mask"}`, and
+    `"position_ids"` (0, 1, ...) where they declare it (Gemma 4); other
+    models take the ids themselves.
     """
     names = getattr(model, "input_names", None) or []
-    if isinstance(getattr(model, "input", None), dict) or (
-        "token_ids" in names
-    ):
-        return {
+    declared = getattr(model, "input", None)
+    if isinstance(declared, dict) or "token_ids" in names:
+        inputs = {
             "token_ids": token_ids,
             "padding_mask": np.ones_like(token_ids, dtype="int32"),
         }
+        if "position_ids" in (declared if isinstance(declared, dict)
+                              else names):
+            positions = np.arange(np.shape(token_ids)[-1], dtype="int32")
+            inputs["position_ids"] = np.broadcast_to(
+                positions, np.shape(token_ids)).copy()
+        return inputs
     return token_ids
 
 

@@ -6,6 +6,20 @@ the backbone arguments of a 2-layer model with vocabulary `VOCAB` (as in
 second. Mixture-of-experts families have 4 experts, top 2. Aliases
 (`Qwen2CausalLM` is `QwenCausalLM`, `SmolLMCausalLM` is `SmolLM3CausalLM`)
 are listed in `ALIASES`, not built twice.
+
+Not in the table (measured on tiny models, torch):
+- Gemma3n: its blocks live in `backbone.language_model` (KerasHub's
+  `get_quantization_layer_structure` finds none) and take one tuple
+  `(AltUp-stacked hidden states, per-layer inputs, mask)`: the walker
+  would need a per-family adapter for block inputs and outputs.
+- Gemma4: quantize runs (position ids are fed), but its blocks compute
+  the feed-forward with `ops.matmul(x, layer.kernel)`, bypassing the
+  Dense layers' `call`, so their inputs are never seen and 6 of 14 layers
+  are skipped; and `CausalLM.from_preset` of any Gemma4 preset picks
+  `Gemma4AssistantCausalLM` (KerasHub's `find_subclass`), which fails.
+- RWKV7: its blocks are `backbone.rwkv_layers` (not `transformer_layers`)
+  and return `(x, v_first)`, where `v_first` from block 0 feeds every
+  later block: the walker carries only the hidden states.
 """
 
 import dataclasses

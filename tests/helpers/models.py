@@ -9,6 +9,8 @@ import keras
 import keras_hub
 import numpy as np
 
+from keras_gptq.model import capture
+
 VOCAB = 256
 
 
@@ -63,7 +65,7 @@ def build_causal_lm(family):
 
 def logits(model, tokens):
     """Float32 numpy logits of `model` on `[batch, seq]` token ids."""
-    out = model({"token_ids": tokens, "padding_mask": np.ones_like(tokens)})
+    out = model(capture.model_inputs(model, tokens))
     return np.asarray(keras.ops.convert_to_numpy(
         keras.ops.cast(out, "float32")))
 

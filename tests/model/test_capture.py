@@ -119,3 +119,18 @@ def test_hidden_states_passed_by_keyword_are_caught_first_and_replaced():
     # Running the block twice feeds its output back as the hidden states.
     (args, _), = capture.run_block(block, capture.run_block(block, calls))
     np.testing.assert_allclose(keras.ops.convert_to_numpy(args[0]), 4 * x)
+
+
+def test_model_inputs_add_positions_where_the_model_declares_them():
+    # Gemma 4's backbone takes position_ids beside token ids and mask.
+    names = ("token_ids", "padding_mask", "position_ids")
+    inputs = {n: keras.Input((None,), dtype="int32", name=n) for n in names}
+    model = keras.Model(inputs, keras.ops.add(inputs["token_ids"],
+                                              inputs["position_ids"]))
+    tokens = np.full((2, 4), 7, dtype="int32")
+    fed = capture.model_inputs(model, tokens)
+    assert sorted(fed) == sorted(names)
+    np.testing.assert_array_equal(fed["position_ids"], [[0, 1, 2, 3]] * 2)
+    assert "position_ids" not in capture.model_inputs(
+        keras.Model({n: inputs[n] for n in names[:2]},
+                    inputs["token_ids"]), tokens)
