@@ -132,7 +132,7 @@ def test_layers_missing_the_saved_policy_get_packed_storage(tmp_path):
     model = build_family("smollm3")
     keras_gptq.quantize(model, keras_gptq.GPTQConfig(
         dataset=np.arange(2048) % 256, num_samples=4, sequence_length=16,
-        weight_bits=4, group_size=16), verbose=False)
+        weight_bits=4, group_size=16, add_start_token=False), verbose=False)
     model.save_to_preset(str(tmp_path / "gptq"))
     tokens = np.arange(32, dtype="int32").reshape(2, 16)
     again = keras_hub.models.CausalLM.from_preset(str(tmp_path / "gptq"))
