@@ -9,8 +9,6 @@ import keras
 import keras_hub
 import numpy as np
 
-from keras_gptq.model import capture
-
 VOCAB = 256
 
 
@@ -65,6 +63,9 @@ def build_causal_lm(family):
 
 def logits(model, tokens):
     """Float32 numpy logits of `model` on `[batch, seq]` token ids."""
+    # Imported here: helpers.models must not import keras_gptq (the
+    # import-order tests build models before that import).
+    from keras_gptq.model import capture
     out = model(capture.model_inputs(model, tokens))
     return np.asarray(keras.ops.convert_to_numpy(
         keras.ops.cast(out, "float32")))
