@@ -24,10 +24,9 @@ compiles each op of the Gated DeltaNet's unrolled 64-step chunk loop per
 shape when it runs eagerly (about a minute); their full cells rotate to
 TensorFlow and torch, where the same model runs in a second.
 
-Mixture-of-experts families: their experts are not quantized yet (a
-separate change), so the weights-size check is an expected failure
-(`xfail(strict=True)`) for them: when experts are quantized it passes
-and the marker must go.
+Mixture-of-experts families are held to the same checks: their expert
+banks are quantized (router gates stay float), so their weights shrink
+like dense families'.
 """
 
 import functools
@@ -55,10 +54,6 @@ BITS, GROUP = 4, 16
 # their bytes; at least this fraction must be saved.
 SAVED_FRACTION = 0.6
 _SLOW_ON_JAX = ("qwen3_5", "qwen3_5_moe")
-# GptOss on JAX: its quantized router flips top-2 choices, which outweighs
-# GPTQ's gain (logit error 1.11x RTN's; 0.69x with the router left float).
-# Router gates stay float once the MoE change lands; then this passes.
-_ROUTER_FLIPS = {("gpt_oss", "jax")}
 
 
 def full_cell_backend(name):
@@ -113,9 +108,6 @@ def _quantize_cells():
     for name in NAMES:
         marks = [pytest.mark.slow] if (
             name in _SLOW_ON_JAX and backend == "jax") else []
-        if (name, backend) in _ROUTER_FLIPS:
-            marks.append(pytest.mark.xfail(strict=True, reason=(
-                "the router gate is quantized; its flips outweigh GPTQ")))
         cells.append(_cell(name, marks))
     return cells
 
@@ -174,15 +166,12 @@ def reloaded(tmp_path_factory):
     return root, out
 
 
-def _full_cells(moe_xfail=False):
+def _full_cells():
     cells = []
     for name in NAMES:
         marks = [] if _runs_full_cell(name) else [pytest.mark.skip(
             reason=f"full cell runs on {full_cell_backend(name)} "
                    "(rotation; KERAS_GPTQ_ALL_FAMILY_CELLS=1 runs all)")]
-        if moe_xfail and FAMILIES[name].moe:
-            marks.append(pytest.mark.xfail(strict=True, reason=(
-                "experts are not quantized yet: the MoE weights stay float")))
         cells.append(_cell(name, marks))
     return cells
 
@@ -206,7 +195,7 @@ def block_matrix_bytes(model):
                if len(v.shape) >= 2)
 
 
-@pytest.mark.parametrize("name", _full_cells(moe_xfail=True))
+@pytest.mark.parametrize("name", _full_cells())
 def test_weights_file_shrinks_like_quantized_blocks(reloaded, name):
     root, _ = reloaded
     sizes = [os.path.getsize(root / name / kind / "model.weights.h5")
