@@ -18,6 +18,8 @@ everything else reaches the original.
 | 7 | `save_to_preset` of `Task`, `Backbone`, `Preprocessor`, `Tokenizer` | keras-hub 0.32.0 | a failed save must not destroy the existing preset (write aside, swap in) |
 | 8 | `preset_utils.load_json`, `KerasPresetLoader._load_backbone_weights` | keras-hub 0.32.0 | a corrupt file gets `CorruptPresetError` naming the file, not a bare h5py/JSON error |
 | 9 | expert banks (`MixtralMoeExperts`, `QwenMoeExperts`, `Qwen3MoeExperts`, `Qwen3_5MoeExperts`, `GptOssExperts`): `build`, `_gptq_call`, `save_own_variables`, `load_own_variables` | keras-hub 0.32.0 | packed storage for `PackedGPTQPolicy` expert banks, which Keras cannot build, call, save or load quantized; Mixtral/QwenMoe/Qwen3Moe MoE blocks (`__init__`) get a fixed name, so saved path-keyed policies find them in any process |
+| 10 | `SmolLM3Attention.build` | keras-hub 0.32.0 | builds `o_proj` outside its name scope: every layer's `o_proj` has the path `"o_proj"`, so a quantized model's dtype-policy map cannot be saved |
+| 11 | `KerasPresetLoader._load_backbone_weights` | keras-hub 0.32.0 | a backbone that does not pass its `dtype` down (SmolLM3) rebuilds its packed layers as float: they get packed storage before the weights load |
 
 The pinned versions are the ones `pyproject.toml` allows
 (`keras>=3.15.1,<3.16`, `keras-hub>=0.32,<0.33`); a new Keras or KerasHub
@@ -94,6 +96,12 @@ PATCHES = (
     Patch(expert_layers.targets(), _HUB,
           "packed storage for quantized expert banks",
           expert_layers.install),
+    Patch(("keras_hub.src.models.smollm3.smollm3_layers.SmolLM3Attention"
+           ".build",), _HUB, "unique o_proj paths",
+          presets.scope_smollm3_o_proj),
+    Patch((f"{_PRESET_LOADER}._load_backbone_weights",), _HUB,
+          "pack layers the saved policy map names, before loading",
+          presets.pack_layers_before_loading),
 )
 
 _MARKER = "_keras_gptq_patches"  # on keras.Model: survives a reload of us

@@ -2,7 +2,9 @@
 
 - `catch_block_inputs` runs the real model forward and stops at the first
   block, keeping exactly the arguments the model passes it (hidden states,
-  masks, positions), as the reference's `Catcher` does.
+  masks, positions), as the reference's `Catcher` does. Hidden states
+  passed by keyword (Falcon: `block(inputs=x, ...)`) are moved to the
+  first positional argument, where `run_block` replaces them.
 - `record_layer_inputs` wraps the target layers of a block while it runs
   and hands each input to a callback (the pipeline flattens it to
   `[tokens, in]` rows for `keras_gptq.algorithm.hessian`).
@@ -11,6 +13,7 @@ Forward passes run eagerly and, on torch, under `torch.no_grad()`.
 """
 
 import contextlib
+import inspect
 
 import keras
 import numpy as np
@@ -50,17 +53,23 @@ def _wrapped_call(layer, wrapper):
 def model_inputs(model, token_ids):
     """Builds the inputs a model's forward pass takes for `token_ids`.
 
-    KerasHub backbones take `{"token_ids", "padding_mask"}`; other models
-    take the ids themselves.
+    KerasHub backbones take `{"token_ids", "padding_mask"}`, and
+    `"position_ids"` (0, 1, ...) where they declare it (Gemma 4); other
+    models take the ids themselves.
     """
     names = getattr(model, "input_names", None) or []
-    if isinstance(getattr(model, "input", None), dict) or (
-        "token_ids" in names
-    ):
-        return {
+    declared = getattr(model, "input", None)
+    if isinstance(declared, dict) or "token_ids" in names:
+        inputs = {
             "token_ids": token_ids,
             "padding_mask": np.ones_like(token_ids, dtype="int32"),
         }
+        if "position_ids" in (declared if isinstance(declared, dict)
+                              else names):
+            positions = np.arange(np.shape(token_ids)[-1], dtype="int32")
+            inputs["position_ids"] = np.broadcast_to(
+                positions, np.shape(token_ids)).copy()
+        return inputs
     return token_ids
 
 
@@ -73,6 +82,15 @@ def forward_model(model):
     return getattr(model, "backbone", None) or model
 
 
+def _hidden_states_first(first_parameter, args, kwargs):
+    """`(args, kwargs)` with the hidden states (the block's first call
+    parameter, `first_parameter`) positional, however they were passed."""
+    if args or first_parameter not in kwargs:
+        return tuple(args), kwargs
+    kwargs = dict(kwargs)
+    return (kwargs.pop(first_parameter),), kwargs
+
+
 def catch_block_inputs(model, block, batches, on_batch=None):
     """Runs `model` on each batch and keeps the arguments `block` receives.
 
@@ -83,15 +101,18 @@ def catch_block_inputs(model, block, batches, on_batch=None):
         on_batch: optional callable, called after each batch (progress).
 
     Returns:
-        A list, one per batch, of `(args, kwargs)` as passed to `block`.
+        A list, one per batch, of `(args, kwargs)` as passed to `block`,
+        the hidden states always first in `args`.
 
     Raises:
         RuntimeError: if the forward pass never reaches `block`.
     """
     caught = []
+    first = next(iter(inspect.signature(type(block).call.__get__(block))
+                      .parameters), None)
 
     def catcher(*args, **kwargs):
-        caught.append((args, kwargs))
+        caught.append(_hidden_states_first(first, args, kwargs))
         raise _Caught()
 
     forward = forward_model(model)
@@ -118,7 +139,8 @@ def run_block(block, calls):
     """Runs `block` on captured `(args, kwargs)`; returns the new calls.
 
     The block's first output replaces the first positional argument (the
-    hidden states); the other arguments are kept as captured.
+    hidden states, where `catch_block_inputs` puts them); the other
+    arguments are kept as captured.
     """
     outputs = []
     with no_grad():

@@ -210,6 +210,29 @@ def read_checked(layer, store, variables, packed_sets):
     return values
 
 
+def make_packed(layer, policy):
+    """Gives a built float Dense/EinsumDense packed storage, in place.
+
+    The layer takes `policy` (a `PackedGPTQPolicy`), gets zero-filled packed
+    variables of its kernel's shape and drops its float kernel; the values
+    come next, from `write_packed` or a weights file.
+
+    Args:
+        layer: a built, unquantized Dense or EinsumDense.
+        policy: the `PackedGPTQPolicy` (bits and group size) to store.
+    """
+    kernel_shape = tuple(layer._kernel.shape)
+    layer._tracker.unlock()
+    try:
+        policy_lib.set_policy(layer, policy)
+        build_packed(layer, kernel_shape)
+        layer._is_quantized = True
+        _drop_variable(layer, "_kernel")
+    finally:
+        layer._tracker.lock()
+    _retrack(layer)
+
+
 def write_packed(layer, result, bits, group_size):
     """Turns a float Dense/EinsumDense into a packed GPTQ layer, in place.
 
@@ -221,29 +244,22 @@ def write_packed(layer, result, bits, group_size):
     Returns:
         An undo token for `restore_float`.
     """
-    kernel_shape = tuple(layer._kernel.shape)
-    old_policy, old_kernel = policy_lib.layer_policy(layer), layer._kernel
-    order = (list(layer._trainable_variables),
-             list(layer._non_trainable_variables))
-    layer._tracker.unlock()
+    old_policy = policy_lib.layer_policy(layer)
+    token = (old_policy, layer._kernel, (
+        list(layer._trainable_variables),
+        list(layer._non_trainable_variables)))
     try:
-        policy_lib.set_policy(layer, policy_lib.PackedGPTQPolicy(
+        make_packed(layer, policy_lib.PackedGPTQPolicy(
             f"gptq/{bits}/{group_size}", source_name=old_policy.name))
-        build_packed(layer, kernel_shape)
         layer.quantized_kernel.assign(packing.pack(result.q, bits))
         layer.kernel_scale.assign(result.scale)
         layer.kernel_zero.assign(result.zero)
         layer.g_idx.assign(result.g_idx)
         _note_group_order(layer, result.g_idx)
-        layer._is_quantized = True
-        _drop_variable(layer, "_kernel")
     except BaseException:
-        layer._tracker.lock()
-        restore_float(layer, (old_policy, old_kernel, order))
+        restore_float(layer, token)
         raise
-    layer._tracker.lock()
-    _retrack(layer)
-    return old_policy, old_kernel, order
+    return token
 
 
 def restore_float(layer, token):

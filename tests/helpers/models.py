@@ -63,7 +63,10 @@ def build_causal_lm(family):
 
 def logits(model, tokens):
     """Float32 numpy logits of `model` on `[batch, seq]` token ids."""
-    out = model({"token_ids": tokens, "padding_mask": np.ones_like(tokens)})
+    # Imported here: helpers.models must not import keras_gptq (the
+    # import-order tests build models before that import).
+    from keras_gptq.model import capture
+    out = model(capture.model_inputs(model, tokens))
     return np.asarray(keras.ops.convert_to_numpy(
         keras.ops.cast(out, "float32")))
 

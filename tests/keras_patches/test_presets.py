@@ -111,3 +111,32 @@ def test_preset_holds_packed_policies_and_is_smaller(saved):
     float_weights = os.path.getsize(root / "float" / "model.weights.h5")
     gptq_weights = os.path.getsize(root / "gptq" / "model.weights.h5")
     assert gptq_weights < float_weights
+
+
+def test_smollm3_attention_output_paths_are_unique():
+    # KerasHub builds SmolLM3's o_proj in __init__, outside its name scope:
+    # without the patch every layer's o_proj has the path "o_proj".
+    from helpers.families import build_family
+    model = build_family("smollm3")
+    paths = [layer.path for layer in model.backbone._flatten_layers()
+             if layer.name == "o_proj"]
+    assert paths == [f"transformer_layer_{i}/self_attn/o_proj"
+                     for i in range(2)]
+
+
+def test_layers_missing_the_saved_policy_get_packed_storage(tmp_path):
+    # SmolLM3's backbone does not pass its dtype-policy map down to its
+    # layers: a reload rebuilds them float unless keras_gptq packs them.
+    import keras_hub
+    from helpers.families import build_family
+    model = build_family("smollm3")
+    keras_gptq.quantize(model, keras_gptq.GPTQConfig(
+        dataset=np.arange(2048) % 256, num_samples=4, sequence_length=16,
+        weight_bits=4, group_size=16, add_start_token=False), verbose=False)
+    model.save_to_preset(str(tmp_path / "gptq"))
+    tokens = np.arange(32, dtype="int32").reshape(2, 16)
+    again = keras_hub.models.CausalLM.from_preset(str(tmp_path / "gptq"))
+    assert sum(keras_gptq.storage.is_packed(layer)
+               for layer in again.backbone._flatten_layers()) == 14
+    np.testing.assert_array_equal(logits(again, tokens),
+                                  logits(model, tokens))

@@ -97,3 +97,40 @@ def test_float_rows_must_match_the_accumulator_kind():
         hessian.HessianAccumulator(4).add(X, X)
     with pytest.raises(ValueError, match="`float_rows`"):
         hessian.HessianAccumulator(4, asymmetric=True).add(X)
+
+
+class _KeywordBlock(keras.layers.Layer):
+    """A block the model calls with its hidden states by keyword, as
+    Falcon's backbone does (`block(inputs=x, decoder_padding_mask=m)`)."""
+
+    def call(self, inputs, scale=None):
+        return inputs * scale
+
+
+def test_hidden_states_passed_by_keyword_are_caught_first_and_replaced():
+    block = _KeywordBlock()
+    tokens = keras.Input((3,))
+    model = keras.Model(tokens, block(inputs=tokens, scale=2.0))
+    x = np.arange(6, dtype="float32").reshape(2, 3)
+    calls = capture.catch_block_inputs(model, block, [x])
+    (args, kwargs), = calls
+    assert set(kwargs) == {"scale"}
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(args[0]), x)
+    # Running the block twice feeds its output back as the hidden states.
+    (args, _), = capture.run_block(block, capture.run_block(block, calls))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(args[0]), 4 * x)
+
+
+def test_model_inputs_add_positions_where_the_model_declares_them():
+    # Gemma 4's backbone takes position_ids beside token ids and mask.
+    names = ("token_ids", "padding_mask", "position_ids")
+    inputs = {n: keras.Input((None,), dtype="int32", name=n) for n in names}
+    model = keras.Model(inputs, keras.ops.add(inputs["token_ids"],
+                                              inputs["position_ids"]))
+    tokens = np.full((2, 4), 7, dtype="int32")
+    fed = capture.model_inputs(model, tokens)
+    assert sorted(fed) == sorted(names)
+    np.testing.assert_array_equal(fed["position_ids"], [[0, 1, 2, 3]] * 2)
+    assert "position_ids" not in capture.model_inputs(
+        keras.Model({n: inputs[n] for n in names[:2]},
+                    inputs["token_ids"]), tokens)
