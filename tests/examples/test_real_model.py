@@ -12,7 +12,7 @@ import pytest
 
 import keras_gptq
 from keras_gptq.examples import bundled
-from keras_gptq.model.baselines import rtn_in_place
+from keras_gptq.model.baselines import restore_kernels, rtn_in_place
 
 BITS, GROUP = 4, 128
 CALIBRATION_WINDOWS, CALIBRATION_LENGTH = 16, 256
@@ -33,8 +33,7 @@ def test_gptq_beats_rtn_on_smollm2():
     float_ppl = perplexity()
     originals = rtn_in_place(model, BITS, GROUP)
     rtn_ppl = perplexity()
-    for layer, kernel in originals:
-        layer._kernel.assign(kernel)
+    restore_kernels(originals)
     assert perplexity() == pytest.approx(float_ppl, rel=1e-5)  # restored
 
     config = keras_gptq.GPTQConfig(
