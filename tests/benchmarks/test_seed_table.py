@@ -54,3 +54,14 @@ def test_methods_must_include_float_and_be_known():
         seed_table.main(["--methods", "gptq-4"])
     with pytest.raises(SystemExit, match="unknown: \\['nope'\\]"):
         seed_table.main(["--methods", "float,nope"])
+
+
+def test_another_model_gets_its_own_outputs_and_title():
+    args = seed_table.parse_args(["--model", "qwen2.5-0.5b"])
+    assert args.out.endswith(os.path.join("benchmarks",
+                                          "seed_table_qwen2.5-0.5b"))
+    assert "--model" in seed_table._shared_flags(args)
+    page = seed_table.render(ROWS, args)
+    assert page.startswith("# Seed table: Qwen2.5-Coder-0.5B")
+    assert seed_table.parse_args([]).out.endswith(
+        os.path.join("benchmarks", "seed_table"))
