@@ -30,19 +30,23 @@ Writes benchmarks/real_models_<model>.md and .json (override with --out).
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import _worker  # noqa: E402  (benchmarks/_worker.py)
+
 MODELS = ("smollm2", "qwen2.5-0.5b", "qwen2.5-1.5b")
 # method -> (label, GPTQConfig switches; None for float / RTN)
 METHODS = {
     "float": ("float32", None),
     "rtn-4": ("RTN 4-bit g128", None),
-    "gptq-4": ("GPTQ 4-bit g128, act-order", {"activation_order": True}),
+    "gptq-4-sink1": ("GPTQ 4-bit g128, act-order, every position weighs 1 "
+                     "(before the sink weight)",
+                     {"activation_order": True, "sink_weight": 1.0}),
+    "gptq-4": ("GPTQ 4-bit g128, act-order (default sink weight)",
+               {"activation_order": True}),
     "gptq-4-best": ("GPTQ 4-bit g128, act-order + static groups + mse + "
                     "asymmetric calibration (GPTAQ)",
                     {"activation_order": True, "static_groups": True,
@@ -88,8 +92,7 @@ def worker(method, result_path, args):
     load_s = time.perf_counter() - start
     quant_s, layers = _quantize(method, model, args)
     out = {"method": method, "load_s": load_s, "quant_s": quant_s,
-           "peak_rss_mb": resource.getrusage(
-               resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "peak_rss_mb": _worker.peak_rss_mb(),
            "backend": keras.config.backend(),
            "load_avg": os.getloadavg()[0], "layers": layers}
     out["perplexity"] = keras_gptq.evaluate_perplexity(
@@ -101,19 +104,10 @@ def worker(method, result_path, args):
 
 def _run_worker(method, args):
     """Runs `method` in a fresh process; its row, or `{"error": code}`."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "result.json")
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", method,
-               "--result", path, "--model", args.model,
-               "--samples", str(args.samples), "--seq-len", str(args.seq_len),
-               "--eval-windows", str(args.eval_windows)]
-        print(f"--- {args.model} {method}", flush=True)
-        proc = subprocess.run(cmd, env=dict(os.environ,
-                                            TF_CPP_MIN_LOG_LEVEL="3"))
-        if proc.returncode != 0:
-            return {"method": method, "error": proc.returncode}
-        with open(path) as f:
-            return json.load(f)
+    return _worker.run_worker(__file__, method, [
+        "--model", args.model, "--samples", str(args.samples),
+        "--seq-len", str(args.seq_len),
+        "--eval-windows", str(args.eval_windows)])
 
 
 def recovered(row, rows):
@@ -183,11 +177,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         return worker(args.worker, args.result, args)
-    methods = args.methods.split(",")
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown:
-        sys.exit(f"--methods must only name {list(METHODS)}; "
-                 f"unknown: {unknown}")
+    methods = _worker.chosen(args.methods, METHODS, "--methods")
     out = args.out or os.path.join(HERE, "real_models_" + args.model)
     reused = {}
     if args.reuse:

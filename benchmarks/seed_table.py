@@ -36,14 +36,15 @@ import argparse
 import gc
 import json
 import os
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import _worker  # noqa: E402  (benchmarks/_worker.py)
+
 MODEL_TITLES = {"default": "SmolLM2-135M",
                 "qwen2.5-0.5b": "Qwen2.5-Coder-0.5B (from a Q4_K_M GGUF)",
                 "qwen2.5-1.5b": "Qwen2.5-Coder-1.5B (from a Q4_K_M GGUF)"}
@@ -68,15 +69,6 @@ LABELS = {
                    "asymmetric calibration (GPTAQ)",
 }
 PROMPTS = ["The history of the city", "Photosynthesis is the process"]
-
-
-def _peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _dir_mb(path):
-    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in
-               os.walk(path) for f in fs) / 2**20
 
 
 def _weights_mb(model):
@@ -181,7 +173,8 @@ def worker(method, result_path, args):
     quant_s = _apply(method, model, args)
     gc.collect()
     out = {"method": method, "load_s": load_s, "quant_s": quant_s,
-           "peak_rss_mb": _peak_rss_mb(), "weights_mb": _weights_mb(model),
+           "peak_rss_mb": _worker.peak_rss_mb(),
+           "weights_mb": _weights_mb(model),
            "backend": keras.config.backend(),
            "load_avg": os.getloadavg()[0]}
     out["perplexity"] = keras_gptq.evaluate_perplexity(
@@ -195,7 +188,7 @@ def worker(method, result_path, args):
     folder = tempfile.mkdtemp(prefix=f"seed_{method}_")
     try:
         model.save_to_preset(folder)
-        out["preset_mb"] = _dir_mb(folder)
+        out["preset_mb"] = _worker.dir_mb(folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     with open(result_path, "w") as f:
@@ -203,18 +196,8 @@ def worker(method, result_path, args):
 
 
 def _run_worker(method, args):
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "result.json")
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", method,
-               "--result", path] + _shared_flags(args)
-        print(f"--- {method}: {' '.join(cmd[2:])}", flush=True)
-        proc = subprocess.run(cmd, env=dict(os.environ,
-                                            TF_CPP_MIN_LOG_LEVEL="3"))
-        if proc.returncode != 0:
-            print(f"--- {method} failed with exit code {proc.returncode}")
-            return {"method": method, "error": proc.returncode}
-        with open(path) as f:
-            return json.load(f)
+    """Runs `method` in a fresh process; its row, or `{"error": code}`."""
+    return _worker.run_worker.run_worker(__file__, method, _shared_flags(args))
 
 
 def _shared_flags(args):
@@ -362,11 +345,10 @@ def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         return worker(args.worker, args.result, args)
-    methods = args.methods.split(",")
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown or "float" not in methods:
-        sys.exit(f"--methods must include 'float' and only name {METHODS}; "
-                 f"unknown: {unknown}")
+    methods = _worker.chosen(args.methods, METHODS, "--methods")
+    if "float" not in methods:
+        sys.exit("--methods must include 'float' (every row is compared "
+                 "with it).")
     reused = {}
     if args.reuse:
         with open(args.reuse) as f:

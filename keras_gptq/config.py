@@ -13,6 +13,9 @@ import typing
 import keras
 
 SUPPORTED_BITS = (2, 3, 4, 8)  # every bit width keras_gptq packs and exports
+# Weight of each calibration window's first position (the attention sink)
+# in the Hessians; measured in benchmarks/sink_weight.py.
+SINK_WEIGHT_DEFAULT = 10.0
 CONFIG_VERSION = 1  # `get_config()["version"]`; bump when the meaning changes
 
 
@@ -105,6 +108,18 @@ def check_add_start_token(name, value):
     return value
 
 
+def _check_weight(name, value):
+    """A positive finite float (an int is accepted and converted)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a number, but received "
+                        f"{value!r}.")
+    if not 0 < value <= 1e4:  # NaN fails too
+        raise ValueError(
+            f"`{name}` must be in (0, 10000], but received {value!r}. Use 1 "
+            "to weigh every position alike (the GPTQ reference).")
+    return float(value)
+
+
 def _int(**limits):
     """An integer validator with these `_check_int` limits."""
     return lambda name, value: _check_int(name, value, **limits)
@@ -142,6 +157,7 @@ _VALIDATORS = {
     "asymmetric_calibration": _check_bool,
     "add_start_token": check_add_start_token,
     "quantize_router": _check_bool,
+    "sink_weight": _check_weight,
 }
 # Calibration-time objects: not serialized (stored as None, as Keras does).
 _NOT_SERIALIZED = ("dataset", "tokenizer", "quantization_layer_structure")
@@ -204,6 +220,14 @@ class GPTQConfig:
             Text documents are joined with the tokenizer's end token
             either way; a 2-D token array of `sequence_length` columns is
             used row for row, as given.
+        sink_weight: weight of each calibration window's first position
+            in the Hessians (every other position weighs 1). The first
+            position is the attention sink: every later token attends to
+            it, so an error in its activations reaches the whole sequence.
+            1 weighs all positions alike, as the GPTQ reference does; the
+            default, SINK_WEIGHT_DEFAULT, was measured on two real models
+            (README, "Calibration"). Mixture-of-experts experts see routed
+            tokens without positions and weigh them alike.
         quantize_router: also quantize mixture-of-experts router gates
             (the Dense layers that score the experts, and Qwen-MoE's shared
             expert gate). Off by default: they are tiny, and a rounding
@@ -245,6 +269,7 @@ class GPTQConfig:
     asymmetric_calibration: bool = False
     add_start_token: typing.Any = "auto"
     quantize_router: bool = False
+    sink_weight: float = SINK_WEIGHT_DEFAULT
 
     version: typing.ClassVar[int] = CONFIG_VERSION
 

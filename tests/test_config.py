@@ -46,6 +46,26 @@ def test_add_start_token_is_auto_true_or_false(value):
         assert make(add_start_token=good).add_start_token == good
 
 
+@pytest.mark.parametrize("value", [0, -1.0, 1e5, float("nan"), float("inf")])
+def test_sink_weight_must_be_positive_and_finite(value):
+    with pytest.raises(ValueError) as excinfo:
+        make(sink_weight=value)
+    assert_names(excinfo, "sink_weight", value)
+    assert "Use 1" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("value", ["10", None, True, [10]])
+def test_sink_weight_must_be_a_number(value):
+    with pytest.raises(TypeError) as excinfo:
+        make(sink_weight=value)
+    assert_names(excinfo, "sink_weight", value)
+
+
+def test_sink_weight_accepts_ints_and_numpy_floats():
+    assert make(sink_weight=1).sink_weight == 1.0
+    assert type(make(sink_weight=np.float32(2.5)).sink_weight) is float
+
+
 @pytest.mark.parametrize("name", INT_ARGS)
 @pytest.mark.parametrize("value", [4.0, "4", None, True, [4]])
 def test_integer_arguments_reject_non_integers(name, value):
@@ -198,6 +218,7 @@ def test_defaults():
             config.calibration_batch_size, config.seed) == (
                 4, 128, 512, 128, 128, 8, 0)
     assert config.hessian_damping == 0.01
+    assert config.sink_weight == keras_gptq.config.SINK_WEIGHT_DEFAULT
     assert config.damping_auto_increase == 0.01
     assert config.per_channel is True
     assert not any([config.symmetric, config.activation_order,
@@ -217,7 +238,7 @@ NON_DEFAULT = dict(
     mse=True, block_size=32, calibration_batch_size=2,
     damping_auto_increase=0.0, seed=9, asymmetric_calibration=True,
     add_start_token=False,
-    quantize_router=True,
+    quantize_router=True, sink_weight=2.5,
 )
 
 

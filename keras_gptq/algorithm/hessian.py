@@ -24,10 +24,12 @@ def on_accelerator():
 
 
 class HessianAccumulator:
-    """Streaming `H = 2/N sum_tokens x x^T` of one layer input, in float32.
+    """Streaming `H = 2/N sum_tokens w x x^T` of one layer input, in float32.
 
     Batches are added with `add(rows)`; the running mean is rescaled at each
-    batch (as in the reference's `add_batch`) so values stay bounded. With
+    batch (as in the reference's `add_batch`) so values stay bounded. Every
+    row weighs `w = 1` unless `add(rows, weights=...)` says otherwise (the
+    pipeline weighs each window's first position, the attention sink). With
     `asymmetric=True`, `add(rows, float_rows)` also accumulates GPTAQ's
     `dXXT = 2/N sum (x~ - x) x^T`, where `x~` is what the layer receives in
     the float model for the same token.
@@ -59,9 +61,17 @@ class HessianAccumulator:
             rows = np.asarray(ops.convert_to_numpy(rows))
         return rows
 
-    def add(self, rows, float_rows=None):
-        """Adds a `[tokens, columns]` batch of inputs (and, when
-        asymmetric, the float model's inputs for the same tokens)."""
+    def add(self, rows, float_rows=None, weights=None):
+        """Adds a `[tokens, columns]` batch of inputs.
+
+        Args:
+            rows: the layer's inputs, `[tokens, columns]`.
+            float_rows: when asymmetric, the float model's inputs for the
+                same tokens (same shape); else None.
+            weights: optional `[tokens]` weight of each row in H (and
+                dXXT); None weighs every row 1. `N` counts rows, not
+                weights.
+        """
         if (float_rows is None) != (self._dXXT is None):
             raise ValueError(
                 "`float_rows` must be given exactly when the accumulator "
@@ -71,12 +81,14 @@ class HessianAccumulator:
         if count == 0:
             return
         xp, total = self._xp, self.tokens + count
+        weighted = rows if weights is None else rows * self._rows(
+            np.asarray(weights, np.float32).reshape(-1, 1))
         with np.errstate(invalid="ignore", over="ignore"):  # checked later
-            update = xp.matmul(xp.transpose(rows), rows)
+            update = xp.matmul(xp.transpose(weighted), rows)
             self._H = self._H * (self.tokens / total) + update * (2.0 / total)
             if self._dXXT is not None:
                 delta = self._rows(float_rows) - rows
-                cross = xp.matmul(xp.transpose(delta), rows)
+                cross = xp.matmul(xp.transpose(delta), weighted)
                 self._dXXT = (self._dXXT * (self.tokens / total)
                               + cross * (2.0 / total))
         self.tokens = total

@@ -10,6 +10,7 @@ import argparse
 import os
 
 from keras_gptq.config import GPTQConfig
+from keras_gptq.config import SINK_WEIGHT_DEFAULT
 from keras_gptq.config import SUPPORTED_BITS
 
 BACKENDS = ("jax", "tensorflow", "torch")
@@ -132,6 +133,12 @@ def add_gptq_arguments(parser, samples=128, switches_on=()):
     parser.add_argument("--damping", type=float, default=0.01, metavar="F",
                         help="Hessian damping, a fraction of its mean "
                              "diagonal (default: 0.01).")
+    parser.add_argument("--sink-weight", type=float,
+                        default=SINK_WEIGHT_DEFAULT, metavar="W",
+                        help="weight of each calibration window's first "
+                             "position (the attention sink) in the "
+                             "Hessians; 1 weighs every position alike "
+                             f"(default: {SINK_WEIGHT_DEFAULT:g}).")
     parser.add_argument("--samples", type=int, default=samples, metavar="N",
                         help="number of calibration windows (default: "
                              f"{samples}).")
@@ -147,7 +154,8 @@ def config_from_args(args, dataset, tokenizer):
         dataset=dataset, tokenizer=tokenizer, weight_bits=args.bits,
         num_samples=args.samples, sequence_length=args.seq_len,
         hessian_damping=args.damping, group_size=args.group_size,
-        seed=args.seed, add_start_token=start_token_setting(args),
+        seed=args.seed, sink_weight=args.sink_weight,
+        add_start_token=start_token_setting(args),
         **{name: getattr(args, name) for _, name, _ in _SWITCHES})
 
 

@@ -69,6 +69,24 @@ class MatrixLayout:
         x = keras.ops.moveaxis(x, source, target)
         return keras.ops.reshape(x, (-1, self.columns))
 
+    def row_positions(self, input_shape):
+        """The sequence position of each row `inputs_to_rows` makes.
+
+        Layer inputs are `[batch, sequence, ...]`; the rows keep the order
+        of the axes that are not contracted. Returns an int array with one
+        position per row, or None when the input has no sequence axis (fewer
+        than 3 axes, or axis 1 is contracted).
+        """
+        ndim = len(input_shape)
+        contracted = {a % ndim for a in self.input_axes}
+        if ndim < 3 or 1 in contracted:
+            return None
+        kept = [a for a in range(ndim) if a not in contracted]
+        shape = [int(input_shape[a]) for a in kept]
+        position = np.arange(shape[1]).reshape(
+            [1, shape[1]] + [1] * (len(shape) - 2))
+        return np.broadcast_to(position, shape).reshape(-1)
+
 
 def _parse_equation(equation):
     try:

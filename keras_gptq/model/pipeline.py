@@ -18,6 +18,7 @@ import time
 import warnings
 
 import keras
+import numpy as np
 
 from keras_gptq import storage
 from keras_gptq.algorithm import hessian
@@ -203,7 +204,8 @@ def _solve_block(block, targets, inputs, config, bar):
             float_path = None if inputs.float_calls is None else (
                 inputs.float_calls, list(swaps))
             hessians, float_outputs = _hessians(block, sub, inputs.calls,
-                                                float_path)
+                                                float_path,
+                                                config.sink_weight)
             if next_float_calls is None:
                 next_float_calls = float_outputs
             for group in sub:
@@ -259,8 +261,11 @@ def _probe_groups(block, layers, call):
     return groups
 
 
-def _hessians(block, groups, calls, float_path=None):
+def _hessians(block, groups, calls, float_path=None, sink_weight=1.0):
     """One pass over the calls; one Hessian per group of shared inputs.
+
+    Each window's first position (the attention sink) weighs `sink_weight`
+    in the Hessians, every other position 1.
 
     Returns `({first layer of group: (H, dXXT)}, float_outputs)`; `dXXT`
     and `float_outputs` are None unless `float_path` is given:
@@ -280,14 +285,22 @@ def _hessians(block, groups, calls, float_path=None):
     def rows(layer, x):
         return layout_lib.layer_layout(layer).inputs_to_rows(x)
 
+    def weights(layer, x):
+        if sink_weight == 1.0:
+            return None
+        positions = layout_lib.layer_layout(layer).row_positions(x.shape)
+        return None if positions is None else np.where(
+            positions == 0, np.float32(sink_weight), np.float32(1.0))
+
     def keep_float(layer, x):
         float_rows[layer].append(rows(layer, x))
 
     def add(layer, x):
         if float_path is None:
-            owners[layer].add(rows(layer, x))
+            owners[layer].add(rows(layer, x), weights=weights(layer, x))
         else:
-            owners[layer].add(rows(layer, x), float_rows[layer].pop(0))
+            owners[layer].add(rows(layer, x), float_rows[layer].pop(0),
+                              weights=weights(layer, x))
 
     float_calls, swaps = float_path or (None, ())
     float_outputs = None if float_calls is None else []

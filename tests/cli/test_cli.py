@@ -10,6 +10,8 @@ import re
 
 import pytest
 
+import keras_gptq.config
+
 from helpers.cli import run_cli
 from helpers.models import save_tiny_preset
 from keras_gptq.cli import common
@@ -25,7 +27,7 @@ FLAGS = {
                  "--asymmetric-calibration",
                  "--symmetric", "--damping", "--samples", "--seq-len",
                  "--dataset", "--backend", "--seed", "--quiet", "--debug",
-                 "--start-token"],
+                 "--start-token", "--sink-weight"],
     "eval": ["--dataset", "--seq-len", "--max-tokens", "--backend",
              "--quiet", "--debug", "--start-token"],
     "inspect": ["--backend", "--debug"],
@@ -189,11 +191,13 @@ def test_backend_switch_reexecutes(monkeypatch):
 
 @pytest.mark.parametrize("flags,expected", [
     ([], dict(static_groups=False, mse=False, true_sequential=False,
-              activation_order=False, asymmetric_calibration=False)),
+              activation_order=False, asymmetric_calibration=False,
+              sink_weight=keras_gptq.config.SINK_WEIGHT_DEFAULT)),
     (["--act-order", "--static-groups", "--mse", "--true-sequential",
-      "--asymmetric-calibration"],
+      "--asymmetric-calibration", "--sink-weight", "1"],
      dict(static_groups=True, mse=True, true_sequential=True,
-          activation_order=True, asymmetric_calibration=True)),
+          activation_order=True, asymmetric_calibration=True,
+          sink_weight=1.0)),
 ])
 def test_quality_flags_reach_the_config(workdir, monkeypatch, flags,
                                         expected):

@@ -134,3 +134,33 @@ def test_model_inputs_add_positions_where_the_model_declares_them():
     assert "position_ids" not in capture.model_inputs(
         keras.Model({n: inputs[n] for n in names[:2]},
                     inputs["token_ids"]), tokens)
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+@pytest.mark.parametrize("asymmetric", [False, True])
+def test_weighted_rows_match_closed_form(on_device, asymmetric):
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((200, 12)).astype("float32")
+    F = X + 0.1 * rng.standard_normal((200, 12)).astype("float32")
+    w = rng.uniform(0.5, 20.0, 200).astype("float32")
+    acc = hessian.HessianAccumulator(12, on_device=on_device,
+                                     asymmetric=asymmetric)
+    for rows in np.array_split(np.arange(200), [50, 51, 120]):
+        acc.add(X[rows], F[rows] if asymmetric else None, weights=w[rows])
+    # H = 2/N sum w x x^T, N counting rows; dXXT = 2/N sum w (f - x) x^T.
+    np.testing.assert_allclose(acc.result(), 2.0 / 200 * (X.T * w) @ X,
+                               rtol=1e-4, atol=1e-5)
+    if asymmetric:
+        np.testing.assert_allclose(acc.cross_result(),
+                                   2.0 / 200 * ((F - X).T * w) @ X,
+                                   rtol=1e-4, atol=1e-5)
+    assert acc.tokens == 200
+
+
+def test_unit_weights_equal_no_weights():
+    X = np.random.default_rng(4).standard_normal((64, 8)).astype("float32")
+    plain, ones = (hessian.HessianAccumulator(8, on_device=False)
+                   for _ in range(2))
+    plain.add(X)
+    ones.add(X, weights=np.ones(64))
+    np.testing.assert_array_equal(plain.result(), ones.result())

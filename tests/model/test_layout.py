@@ -242,3 +242,35 @@ def test_input_axis_summed_out_is_not_silently_misread():
         f"{len(via_rows)} rows for {y.size // lay.rows} output tokens")
     np.testing.assert_allclose(via_rows.reshape(y.shape), y, rtol=1e-5,
                                atol=1e-5)
+
+
+# ------------------------------------------------------------ row positions
+
+@pytest.mark.parametrize("equation,kernel_shape,x_shape", [
+    ("btd,ndh->btnh", (4, 6, 10), (2, 3, 6)),          # Gemma query
+    ("bquh,uhm->bqm", (2, 4, 8), (2, 3, 2, 4)),        # Llama attn output
+    ("abc,cde->abde", (8, 4, 5), (2, 3, 8)),           # GPT-2 qkv
+    ("btnh,hd->btnd", (4, 5), (2, 3, 7, 4)),           # per-head, kept n
+])
+def test_row_positions_follow_inputs_to_rows(equation, kernel_shape, x_shape):
+    lay = layout.einsum_layout(equation, kernel_shape)
+    # Tag every input entry with its sequence position (axis 1); the rows
+    # must carry that tag in every column.
+    x = np.broadcast_to(
+        np.arange(x_shape[1], dtype="float32").reshape(
+            [1, x_shape[1]] + [1] * (len(x_shape) - 2)), x_shape)
+    rows = ops.convert_to_numpy(lay.inputs_to_rows(ops.convert_to_tensor(x)))
+    positions = lay.row_positions(x_shape)
+    assert positions.shape == (rows.shape[0],)
+    np.testing.assert_array_equal(rows, np.broadcast_to(
+        positions[:, None].astype("float32"), rows.shape))
+
+
+def test_dense_row_positions_and_inputs_without_a_sequence_axis():
+    lay = layout.layer_layout(keras.layers.Dense(3), kernel_shape=(5, 3))
+    np.testing.assert_array_equal(lay.row_positions((2, 4, 5)),
+                                  [0, 1, 2, 3, 0, 1, 2, 3])
+    assert lay.row_positions((6, 5)) is None  # [tokens, in]: no positions
+    # Axis 1 contracted: no sequence axis to read.
+    assert layout.einsum_layout("bhqd,dhm->bqm", (5, 3, 6)).row_positions(
+        (2, 3, 4, 5)) is None

@@ -10,6 +10,7 @@ import keras_gptq
 from keras_gptq.model import baselines
 from keras_gptq.model import capture
 from keras_gptq.model import pipeline
+from keras_gptq.algorithm import hessian
 from keras_gptq.algorithm import solver
 from keras_gptq import storage
 from helpers.models import build_causal_lm
@@ -482,3 +483,48 @@ def test_given_windows_are_used_row_for_row(monkeypatch, calibration_tokens):
     batches = _calibration_batches(monkeypatch, build_causal_lm("gemma3"),
                                    config)
     np.testing.assert_array_equal(batches, rows)
+
+
+@pytest.mark.parametrize("sink_weight", [1.0, 7.0])
+def test_first_position_weighs_sink_weight_in_every_hessian(
+        monkeypatch, calibration_tokens, sink_weight):
+    seen = []
+    original = hessian.HessianAccumulator.add
+
+    def spy(self, rows, float_rows=None, weights=None):
+        seen.append((int(rows.shape[0]), weights))
+        return original(self, rows, float_rows, weights)
+
+    monkeypatch.setattr(hessian.HessianAccumulator, "add", spy)
+    config = _config(calibration_tokens, sink_weight=sink_weight,
+                     asymmetric_calibration=True)
+    keras_gptq.quantize(build_causal_lm("llama3"), config, verbose=False)
+    assert seen
+    for count, weights in seen:
+        if sink_weight == 1.0:
+            assert weights is None
+            continue
+        # Rows are (window, position) in order: 8 windows of 64 tokens.
+        expected = np.ones((count // 64, 64), "float32")
+        expected[:, 0] = sink_weight
+        np.testing.assert_array_equal(weights, expected.reshape(-1))
+
+
+def test_sink_weight_changes_the_solution_and_still_beats_rtn(
+        calibration_tokens, heldout_tokens):
+    reference = logits(build_causal_lm("gemma3"), heldout_tokens)
+    rtn_model = build_causal_lm("gemma3")
+    baselines.rtn_in_place(rtn_model, 3, 16)
+    rtn_error = np.mean((logits(rtn_model, heldout_tokens) - reference) ** 2)
+    kernels = {}
+    for weight in (1.0, 30.0):
+        model = build_causal_lm("gemma3")
+        keras_gptq.quantize(model, _config(calibration_tokens,
+                                           sink_weight=weight),
+                            verbose=False)
+        kernels[weight] = [np.array(keras.ops.convert_to_numpy(v))
+                           for v in model.weights if "kernel" in v.path]
+        error = np.mean((logits(model, heldout_tokens) - reference) ** 2)
+        assert error < rtn_error, (weight, error, rtn_error)
+    assert any(not np.array_equal(a, b)
+               for a, b in zip(kernels[1.0], kernels[30.0]))
