@@ -16,6 +16,7 @@ from keras_hub.src.utils.transformers.export import hf_exporter
 
 from keras_gptq import storage
 from keras_gptq.algorithm import grid
+from keras_gptq.hf import configs
 from keras_gptq.hf import families
 from keras_gptq.hf import format as hf_format
 from keras_gptq.utils.files import write_folder_atomically
@@ -104,21 +105,27 @@ def _quantized_tensors(model, family, checkpoint_format):
     return tensors, config, set(modules)
 
 
-def _float_tensors(model, quantized_modules):
+def _float_tensors(model, family, quantized_modules):
+    """`{hf name: numpy}` of the float tensors (float32; the biases of
+    quantized modules float16, as the format stores them)."""
+    backbone = model.backbone
+    variables = family.float_variables(backbone)
+    head = families.lm_head(backbone)
     tensors = {}
-    for name, value in families.float_tensors(model).items():
-        module, kind = name.rsplit(".", 1)
-        if module in quantized_modules and kind == "weight":
-            continue
-        value = np.asarray(keras.ops.convert_to_numpy(
-            keras.ops.cast(value, "float32")))
-        if module in quantized_modules:  # a quantized module's bias
+    for name, parts in variables.items():
+        value = families.to_hf_tensor(name, [np.asarray(
+            keras.ops.convert_to_numpy(keras.ops.cast(v, "float32")))
+            for v in parts])
+        if name.rsplit(".", 1)[0] in quantized_modules:
             value = value.astype(np.float16)
         tensors[name] = np.ascontiguousarray(value)
+    if head is not None:
+        tensors["lm_head.weight"] = np.ascontiguousarray(np.asarray(
+            keras.ops.convert_to_numpy(keras.ops.cast(head, "float32"))).T)
     return tensors
 
 
-def _write_folder(folder, model, family, tensors, qconfig):
+def _write_folder(folder, model, config, tensors, qconfig):
     from safetensors.numpy import save_file
 
     from keras_gptq import __version__
@@ -126,7 +133,6 @@ def _write_folder(folder, model, family, tensors, qconfig):
     save_file(tensors, os.path.join(folder, "model.safetensors"),
               metadata={"format": "pt"})
     settings = hf_format.quantization_config(version=__version__, **qconfig)
-    config = families.hf_config(model, family)
     config["quantization_config"] = settings
     for name, content in (("config.json", config),
                           ("quantize_config.json", settings)):
@@ -192,10 +198,11 @@ def export_hf(model, folder, checkpoint_format="gptq", damp_percent=0.01,
     family = families.family_of_model(model)
     folder = os.path.abspath(os.fspath(folder))
     _check_target(folder, overwrite)
+    config = configs.hf_config(model, family)
     tensors, qconfig, modules = _quantized_tensors(model, family,
                                                    checkpoint_format)
-    tensors.update(_float_tensors(model, modules))
+    tensors.update(_float_tensors(model, family, modules))
     qconfig.update(damp_percent=damp_percent, true_sequential=true_sequential)
     write_folder_atomically(folder, lambda staging: _write_folder(
-        staging, model, family, tensors, qconfig))
+        staging, model, config, tensors, qconfig))
     return folder

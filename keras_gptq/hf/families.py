@@ -1,24 +1,30 @@
 """Which KerasHub models map to which transformers architectures, and how.
 
-A family names, per transformer block, each transformers linear module and
-the Keras layers that make it: one layer for most, three (q, k, v) for
-GPT-2's fused `attn.c_attn`. A Keras layer's `W[out, in]` (its
-`MatrixLayout`) is already the transformers `weight[out, in]` of the module
-(Conv1D's weight transposed): KerasHub's own converters fill `(hidden,
-heads, head_dim)` kernels by transposing and reshaping that matrix, and the
-layout flattens the kernel back in the same axis order. Fused modules
-stack their parts along `out`.
+A family is data: per transformer block, each transformers linear module
+and the Keras layers that make it (one layer for most, three (q, k, v) for
+GPT-2's fused `attn.c_attn`), and every float tensor (embeddings, norms,
+biases) with the Keras variables that hold it.
 
-Everything else (embeddings, norms, lm_head, biases, the float config and
-the tokenizer) goes through KerasHub's own transformers converters and
-exporters, so names and layouts agree with theirs by construction.
+Linear modules: a Keras layer's `W[out, in]` (its `MatrixLayout`) is the
+transformers `weight[out, in]` of the module (Conv1D's weight transposed):
+KerasHub's converters fill `(hidden, heads, head_dim)` kernels by
+transposing and reshaping that matrix, and the layout flattens the kernel
+back in the same axis order. Fused modules stack their parts along `out`.
+
+Float tensors: embeddings keep their `[vocab, hidden]` shape; every other
+tensor is a vector in transformers, the Keras variables flattened and, when
+several are named (GPT-2's `c_attn.bias`), concatenated in that order.
+An untied `lm_head.weight` is the embedding's `reverse_embeddings`,
+transposed. Names and layouts are those of KerasHub's own converters
+(`keras_hub/src/utils/transformers/convert_*.py`).
+
+The float `config.json` comes from `hf/configs.py`.
 """
 
 import dataclasses
 import functools
-import importlib
 
-from keras_hub.src.utils.transformers.export import hf_exporter
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,56 +35,182 @@ class Family:
         causal_lm: the KerasHub CausalLM class name.
         model_type: transformers `model_type`.
         architecture: transformers `architectures[0]`.
-        converter: KerasHub module converting the HF folder (config/weights).
         block_prefix: the transformers name of block `i`, with `{i}`.
         modules: `{hf module name in the block: (keras layer attribute
             paths in the block, ...)}`; several paths are a fused module,
             their rows stacked in that order.
+        block_tensors: `{hf tensor name in the block: (keras variable
+            attribute paths in the block, ...)}`.
+        tensors: `{hf tensor name: (keras variable path from the
+            backbone, ...)}`; a path starts with a layer name.
+        tokenizer_files: the files a folder needs for the preprocessor.
+        block_name: the Keras name of block `i` in the backbone.
+        transposed_weights: float module weights are stored `[in, out]`
+            (GPT-2's Conv1D); quantized ones never are.
     """
 
     causal_lm: str
     model_type: str
     architecture: str
-    converter: str
     block_prefix: str
     modules: dict
+    block_tensors: dict
+    tensors: dict
+    tokenizer_files: tuple
+    block_name: str = "transformer_layer_{i}"
+    transposed_weights: bool = False
+
+    def _blocks(self, backbone):
+        for i in range(backbone.num_layers):
+            yield (self.block_prefix.format(i=i),
+                   backbone.get_layer(self.block_name.format(i=i)))
 
     def linear_modules(self, backbone):
         """`{hf module name: [keras layers]}` over every block."""
-        table = {}
-        for i in range(backbone.num_layers):
-            block = backbone.get_layer(f"transformer_layer_{i}")
-            prefix = self.block_prefix.format(i=i)
-            for name, paths in self.modules.items():
-                table[f"{prefix}.{name}"] = [
-                    functools.reduce(getattr, path.split("."), block)
-                    for path in paths]
+        return {f"{prefix}.{name}": [_attribute(block, p) for p in paths]
+                for prefix, block in self._blocks(backbone)
+                for name, paths in self.modules.items()}
+
+    def float_variables(self, backbone):
+        """`{hf tensor name: [keras variables]}` of every float tensor but
+        an untied lm_head (`lm_head`)."""
+        table = {name: [_attribute(backbone.get_layer(p.split(".")[0]),
+                                   p.split(".", 1)[1]) for p in paths]
+                 for name, paths in self.tensors.items()}
+        for prefix, block in self._blocks(backbone):
+            for name, paths in self.block_tensors.items():
+                table[f"{prefix}.{name}"] = [_attribute(block, p)
+                                             for p in paths]
         return table
 
 
+def _attribute(obj, path):
+    return functools.reduce(getattr, path.split("."), obj)
+
+
+def lm_head(backbone):
+    """The untied output embedding variable (`[hidden, vocab]`), or None
+    when the model ties it to the input embedding."""
+    embedding = backbone.get_layer("token_embedding")
+    return None if getattr(embedding, "tie_weights", True) else (
+        embedding.reverse_embeddings)
+
+
+_EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "wpe.weight")
+
+
+def to_hf_tensor(name, values):
+    """One float tensor in transformers' shape, from its Keras variables'
+    numpy values (see the module docstring)."""
+    if name.endswith(_EMBEDDINGS):
+        return values[0]
+    return np.concatenate([np.reshape(v, -1) for v in values])
+
+
+def from_hf_tensor(name, tensor, shapes):
+    """Inverse of `to_hf_tensor`: the values of variables of `shapes`.
+
+    Raises:
+        ValueError: the tensor does not hold exactly those variables.
+    """
+    tensor = np.asarray(tensor)
+    sizes = [int(np.prod(s)) for s in shapes]
+    if tensor.size != sum(sizes):
+        raise ValueError(f"{name}: shape {tensor.shape} does not fit the "
+                         f"Keras variables {shapes}.")
+    flat = np.split(np.reshape(tensor, -1), np.cumsum(sizes)[:-1])
+    return [np.reshape(part, shape) for part, shape in zip(flat, shapes)]
+
+
 _ATTENTION = "_self_attention_layer."
+_LLAMA_MODULES = {  # Llama, Mistral, Qwen2, Qwen3 (KerasHub layer names)
+    "self_attn.q_proj": (_ATTENTION + "_query_dense",),
+    "self_attn.k_proj": (_ATTENTION + "_key_dense",),
+    "self_attn.v_proj": (_ATTENTION + "_value_dense",),
+    "self_attn.o_proj": (_ATTENTION + "_output_dense",),
+    "mlp.gate_proj": ("_feedforward_gate_dense",),
+    "mlp.up_proj": ("_feedforward_intermediate_dense",),
+    "mlp.down_proj": ("_feedforward_output_dense",),
+}
+_LLAMA_NORMS = {
+    "input_layernorm.weight": ("_self_attention_layernorm.scale",),
+    "post_attention_layernorm.weight": ("_feedforward_layernorm.scale",),
+}
+_LLAMA_TENSORS = {
+    "model.embed_tokens.weight": ("token_embedding.embeddings",),
+    "model.norm.weight": ("sequence_output_layernorm.scale",),
+}
+_QKV_BIASES = {f"self_attn.{hf}_proj.bias": (f"{_ATTENTION}_{k}_dense.bias",)
+               for hf, k in (("q", "query"), ("k", "key"), ("v", "value"))}
+_QK_NORMS = {
+    "self_attn.q_norm.weight": (_ATTENTION + "_query_dense_layer_norm.scale",),
+    "self_attn.k_norm.weight": (_ATTENTION + "_key_dense_layer_norm.scale",),
+}
+_GEMMA_MODULES = {  # Gemma, Gemma 3
+    "self_attn.q_proj": ("attention.query_dense",),
+    "self_attn.k_proj": ("attention.key_dense",),
+    "self_attn.v_proj": ("attention.value_dense",),
+    "self_attn.o_proj": ("attention.output_dense",),
+    "mlp.gate_proj": ("gating_ffw",),
+    "mlp.up_proj": ("gating_ffw_2",),
+    "mlp.down_proj": ("ffw_linear",),
+}
+_GEMMA_TENSORS = {
+    "model.embed_tokens.weight": ("token_embedding.embeddings",),
+    "model.norm.weight": ("final_normalization.scale",),
+}
+_GPT2_ATTENTION = {
+    "attn.c_attn": (_ATTENTION + "_query_dense", _ATTENTION + "_key_dense",
+                    _ATTENTION + "_value_dense"),
+    "attn.c_proj": (_ATTENTION + "_output_dense",),
+    "mlp.c_fc": ("_feedforward_intermediate_dense",),
+    "mlp.c_proj": ("_feedforward_output_dense",),
+}
+_BPE = ("vocab.json", "merges.txt")
+_SENTENCEPIECE = ("tokenizer.model",)
+
 FAMILIES = (
-    Family("Llama3CausalLM", "llama", "LlamaForCausalLM",
-           "keras_hub.src.utils.transformers.convert_llama3",
-           "model.layers.{i}", {
-               "self_attn.q_proj": (_ATTENTION + "_query_dense",),
-               "self_attn.k_proj": (_ATTENTION + "_key_dense",),
-               "self_attn.v_proj": (_ATTENTION + "_value_dense",),
-               "self_attn.o_proj": (_ATTENTION + "_output_dense",),
-               "mlp.gate_proj": ("_feedforward_gate_dense",),
-               "mlp.up_proj": ("_feedforward_intermediate_dense",),
-               "mlp.down_proj": ("_feedforward_output_dense",),
-           }),
-    Family("GPT2CausalLM", "gpt2", "GPT2LMHeadModel",
-           "keras_hub.src.utils.transformers.convert_gpt2",
-           "transformer.h.{i}", {
-               "attn.c_attn": (_ATTENTION + "_query_dense",
-                               _ATTENTION + "_key_dense",
-                               _ATTENTION + "_value_dense"),
-               "attn.c_proj": (_ATTENTION + "_output_dense",),
-               "mlp.c_fc": ("_feedforward_intermediate_dense",),
-               "mlp.c_proj": ("_feedforward_output_dense",),
-           }),
+    Family("Llama3CausalLM", "llama", "LlamaForCausalLM", "model.layers.{i}",
+           _LLAMA_MODULES, _LLAMA_NORMS, _LLAMA_TENSORS,
+           ("tokenizer.json", "tokenizer_config.json")),
+    Family("GPT2CausalLM", "gpt2", "GPT2LMHeadModel", "transformer.h.{i}",
+           _GPT2_ATTENTION, {
+               "ln_1.weight": ("_self_attention_layer_norm.gamma",),
+               "ln_1.bias": ("_self_attention_layer_norm.beta",),
+               "ln_2.weight": ("_feedforward_layer_norm.gamma",),
+               "ln_2.bias": ("_feedforward_layer_norm.beta",),
+               **{f"{name}.bias": tuple(p + ".bias" for p in paths)
+                  for name, paths in _GPT2_ATTENTION.items()},
+           }, {
+               "transformer.wte.weight": ("token_embedding.embeddings",),
+               "transformer.wpe.weight": ("position_embedding.position_embeddings",),
+               "transformer.ln_f.weight": ("layer_norm.gamma",),
+               "transformer.ln_f.bias": ("layer_norm.beta",),
+           }, _BPE, transposed_weights=True),
+    Family("GemmaCausalLM", "gemma", "GemmaForCausalLM", "model.layers.{i}",
+           _GEMMA_MODULES, {
+               "input_layernorm.weight": ("pre_attention_norm.scale",),
+               "post_attention_layernorm.weight": ("pre_ffw_norm.scale",),
+           }, _GEMMA_TENSORS, _SENTENCEPIECE, block_name="decoder_block_{i}"),
+    Family("Gemma3CausalLM", "gemma3_text", "Gemma3ForCausalLM",
+           "model.layers.{i}", _GEMMA_MODULES, {
+               "input_layernorm.weight": ("pre_attention_norm.scale",),
+               "post_attention_layernorm.weight": (
+                   "post_attention_norm.scale",),
+               "pre_feedforward_layernorm.weight": ("pre_ffw_norm.scale",),
+               "post_feedforward_layernorm.weight": ("post_ffw_norm.scale",),
+               "self_attn.q_norm.weight": ("attention.query_norm.scale",),
+               "self_attn.k_norm.weight": ("attention.key_norm.scale",),
+           }, _GEMMA_TENSORS, _SENTENCEPIECE, block_name="decoder_block_{i}"),
+    Family("MistralCausalLM", "mistral", "MistralForCausalLM",
+           "model.layers.{i}", _LLAMA_MODULES, _LLAMA_NORMS, _LLAMA_TENSORS,
+           _SENTENCEPIECE),
+    Family("QwenCausalLM", "qwen2", "Qwen2ForCausalLM", "model.layers.{i}",
+           _LLAMA_MODULES, {**_LLAMA_NORMS, **_QKV_BIASES}, _LLAMA_TENSORS,
+           _BPE),
+    Family("Qwen3CausalLM", "qwen3", "Qwen3ForCausalLM", "model.layers.{i}",
+           _LLAMA_MODULES, {**_LLAMA_NORMS, **_QK_NORMS}, _LLAMA_TENSORS,
+           _BPE),
 )
 
 
@@ -106,63 +238,3 @@ def family_of_config(config):
     raise ValueError(
         f"Cannot load model_type {model_type!r} "
         f"({config.get('architectures')}); supported: {supported()}.")
-
-
-def hf_config(model, family):
-    """The float transformers config of `model` (KerasHub's exporter),
-    completed where it assumes a stock checkpoint."""
-    backbone = model.backbone
-    config = hf_exporter.MODEL_CONFIGS[type(backbone).__name__](backbone)
-    config["architectures"] = [family.architecture]
-    config["torch_dtype"] = "float32"
-    tokenizer = getattr(getattr(model, "preprocessor", None), "tokenizer",
-                        None)
-    for kind, attr in (("bos", "start_token_id"), ("eos", "end_token_id")):
-        value = getattr(tokenizer, attr, None)
-        if value is not None:
-            config[f"{kind}_token_id"] = int(value)
-        elif config.get(f"{kind}_token_id", 0) >= backbone.vocabulary_size:
-            del config[f"{kind}_token_id"]  # GPT-2's 50256 in a tiny vocab
-    return config
-
-
-def float_tensors(model):
-    """`{hf name: Keras tensor}` of every tensor, from KerasHub's exporter
-    (quantized layers give their dequantized kernels here)."""
-    backbone = model.backbone
-    weights = hf_exporter.MODEL_EXPORTERS[type(backbone).__name__](
-        backbone, include_lm_head=True)
-    if getattr(backbone, "tie_word_embeddings", True):
-        weights.pop("lm_head.weight", None)  # transformers ties it
-    return weights
-
-
-def converter(family):
-    """KerasHub's transformers converter module for `family`."""
-    return importlib.import_module(family.converter)
-
-
-def backbone_kwargs(family, config):
-    """Keras backbone arguments from a transformers config dict.
-
-    KerasHub's converter assumes a few stock values; these are read from
-    the config instead, and settings it cannot express are refused.
-    """
-    kwargs = converter(family).convert_backbone_config(config)
-    if family.model_type == "llama":
-        heads = config["num_attention_heads"]
-        if config.get("head_dim", config["hidden_size"] // heads) * heads != (
-                config["hidden_size"]):
-            raise ValueError("Llama3Backbone needs head_dim * heads == "
-                             "hidden_size.")
-        if config.get("attention_bias") or config.get("mlp_bias"):
-            raise ValueError("Llama3Backbone has no attention or MLP biases.")
-        kwargs["layer_norm_epsilon"] = config.get("rms_norm_eps", 1e-6)
-        kwargs["tie_word_embeddings"] = config.get("tie_word_embeddings",
-                                                   False)
-    else:
-        kwargs["intermediate_dim"] = (config.get("n_inner")
-                                      or 4 * config["n_embd"])
-        if config.get("layer_norm_epsilon", 1e-5) != 1e-5:
-            raise ValueError("GPT2Backbone uses layer_norm_epsilon=1e-5.")
-    return kwargs

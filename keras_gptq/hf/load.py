@@ -13,8 +13,10 @@ import os
 import types
 
 import keras_hub
+import numpy as np
 
 from keras_gptq import storage
+from keras_gptq.hf import configs
 from keras_gptq.hf import families
 from keras_gptq.hf import format as hf_format
 from keras_gptq.model import layout as layout_lib
@@ -50,32 +52,24 @@ class _Tensors:
             name in self._where) else None
 
 
-class _FloatLoader:
-    """What KerasHub's converters call on their `SafetensorLoader`
-    (`port_weight`), skipping the weights of quantized modules."""
-
-    def __init__(self, tensors, quantized):
-        self._tensors, self._quantized = tensors, quantized
-
-    def port_weight(self, keras_variable, hf_weight_key, hook_fn=None):
-        module, kind = hf_weight_key.rsplit(".", 1)
-        if kind == "weight" and any(
-                m == module or m.endswith("." + module)
-                for m in self._quantized):
-            return  # filled by write_packed
-        tensor = self.get_tensor(hf_weight_key)
-        if hook_fn:
-            tensor = hook_fn(tensor, list(keras_variable.shape))
-        keras_variable.assign(tensor)
-
-    def get_tensor(self, hf_weight_key):
-        """One tensor, looked up across all of the folder's files."""
-        for key in (hf_weight_key, *(p + hf_weight_key for p in (
-                "transformer.", "model."))):
-            value = self._tensors.get(key)
-            if value is not None:
-                return value
-        raise KeyError(f"The checkpoint has no tensor {hf_weight_key!r}.")
+def _load_float(backbone, family, tensors):
+    """Assigns every float tensor of the checkpoint to its Keras variables
+    (`Family.float_variables`, and an untied lm_head)."""
+    table = family.float_variables(backbone)
+    head = families.lm_head(backbone)
+    if head is not None:
+        table["lm_head.weight"] = [head]
+    for name, variables in table.items():
+        value = tensors.get(name)
+        if value is None:
+            raise hf_format.UnsupportedCheckpointError(
+                f"The checkpoint has no tensor {name!r}.")
+        if name == "lm_head.weight":
+            value = value.T
+        values = families.from_hf_tensor(
+            name, value, [tuple(v.shape) for v in variables])
+        for variable, part in zip(variables, values):
+            variable.assign(part.astype(variable.dtype))
 
 
 def _split_rows(arrays, layouts):
@@ -88,6 +82,25 @@ def _split_rows(arrays, layouts):
         return None
     return [(q[a:b], scale[a:b], zero[a:b], g_idx)
             for a, b in zip(bounds, bounds[1:])]
+
+
+def _load_float_module(name, layers, tensors, transposed):
+    """A module stored unquantized: its `weight` (`[in, out]` when
+    `transposed`, GPT-2's Conv1D) into the layers' kernels."""
+    weight = tensors.get(f"{name}.weight")
+    if weight is None:
+        raise hf_format.UnsupportedCheckpointError(
+            f"The checkpoint has neither {name}.qweight nor {name}.weight.")
+    weight = weight.T if transposed else weight
+    layouts = [layout_lib.layer_layout(layer) for layer in layers]
+    bounds = np.cumsum([0] + [lay.rows for lay in layouts])
+    if weight.shape != (bounds[-1], layouts[0].columns):
+        raise hf_format.UnsupportedCheckpointError(
+            f"{name}.weight {weight.shape} does not fit "
+            f"{[layer.path for layer in layers]}.")
+    for layer, lay, a, b in zip(layers, layouts, bounds, bounds[1:]):
+        layer._kernel.assign(lay.matrix_to_kernel(weight[a:b]).astype(
+            layer._kernel.dtype))
 
 
 def _write_module(name, layers, tensors, bits, group_size, fmt):
@@ -110,9 +123,8 @@ def _preprocessor(family, folder):
     """The CausalLM preprocessor from the folder's tokenizer files, or None
     when the folder has none."""
     cls = getattr(keras_hub.models, family.causal_lm + "Preprocessor")
-    needed = {"llama": ("tokenizer.json", "tokenizer_config.json"),
-              "gpt2": ("vocab.json", "merges.txt")}[family.model_type]
-    if not all(os.path.isfile(os.path.join(folder, n)) for n in needed):
+    if not all(os.path.isfile(os.path.join(folder, n))
+               for n in family.tokenizer_files):
         return None
     return cls.from_preset(folder)
 
@@ -157,14 +169,16 @@ def load_hf_gptq(folder, dtype=None):
         config, _read_json(folder, "quantize_config.json"))
     family = families.family_of_config(config)
     tensors = _Tensors(folder)
-    backbone_cls = families.converter(family).backbone_cls
-    backbone = backbone_cls(**families.backbone_kwargs(family, config),
-                            dtype=dtype)
+    backbone_cls = configs.converter(family.model_type).backbone_cls
+    backbone = backbone_cls(
+        **configs.backbone_kwargs(family.model_type, config), dtype=dtype)
+    _load_float(backbone, family, tensors)
     modules = family.linear_modules(backbone)
-    quantized = {name for name in modules if f"{name}.qweight" in tensors.keys()}
-    families.converter(family).convert_weights(
-        backbone, _FloatLoader(tensors, quantized), config)
-    for name in sorted(quantized):
-        _write_module(name, modules[name], tensors, bits, group_size, fmt)
+    for name in sorted(modules):
+        if f"{name}.qweight" in tensors.keys():
+            _write_module(name, modules[name], tensors, bits, group_size, fmt)
+        else:
+            _load_float_module(name, modules[name], tensors,
+                               family.transposed_weights)
     cls = getattr(keras_hub.models, family.causal_lm)
     return cls(backbone=backbone, preprocessor=_preprocessor(family, folder))

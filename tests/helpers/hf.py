@@ -12,7 +12,7 @@ from safetensors.numpy import load_file
 from safetensors.numpy import save_file
 
 from helpers import hf_spec
-from helpers.models import build_causal_lm
+from helpers.families import build_family
 from keras_gptq import storage
 from keras_gptq.model import layout
 from keras_gptq.model import structure
@@ -57,10 +57,26 @@ def pack_randomly(model, bits, group_size, sym, act_order, seed=0,
     return model
 
 
+# Widths that are multiples of 32, as the format packs 32 levels a word
+# (`helpers.families` gives Gemma and Gemma 3 a hidden size of 48), and
+# Gemma 3's post norms, which transformers' Gemma 3 always has.
+HF_TINY = {
+    "gemma": dict(hidden_dim=64, intermediate_dim=128, head_dim=16),
+    "gemma3": dict(hidden_dim=64, intermediate_dim=128, head_dim=32,
+                   use_post_ffw_norm=True, use_post_attention_norm=True),
+}
+
+
+def float_model(family):
+    """A tiny random-init float CausalLM of `family` (`helpers.families`)
+    whose matrices the format can pack."""
+    return build_family(family, **HF_TINY.get(family, {}))
+
+
 def packed_model(family, bits=4, group_size=32, sym=False, act_order=True,
                  **kwargs):
     """A tiny random-init CausalLM with random packed weights."""
-    return pack_randomly(build_causal_lm(family), bits, group_size, sym,
+    return pack_randomly(float_model(family), bits, group_size, sym,
                          act_order, **kwargs)
 
 
