@@ -16,7 +16,8 @@ _CONVERTERS = "keras_hub.src.utils.transformers.convert_"
 CONVERTERS = {  # model_type: KerasHub converter module
     "llama": "llama3", "gpt2": "gpt2", "gemma": "gemma",
     "gemma3_text": "gemma3", "mistral": "mistral", "qwen2": "qwen",
-    "qwen3": "qwen3",
+    "qwen3": "qwen3", "mixtral": "mixtral", "qwen2_moe": "qwen_moe",
+    "qwen3_moe": "qwen3_moe",
 }
 
 
@@ -25,19 +26,44 @@ def converter(model_type):
     return importlib.import_module(_CONVERTERS + CONVERTERS[model_type])
 
 
-def _qwen3(backbone):
-    return {
-        "model_type": "qwen3", "vocab_size": backbone.vocabulary_size,
-        "hidden_size": backbone.hidden_dim, "head_dim": backbone.head_dim,
+def _decoder(backbone, model_type):
+    """The config of the families KerasHub has no exporter for."""
+    config = {
+        "model_type": model_type, "vocab_size": backbone.vocabulary_size,
+        "hidden_size": backbone.hidden_dim,
         "num_hidden_layers": backbone.num_layers,
         "num_attention_heads": backbone.num_query_heads,
         "num_key_value_heads": backbone.num_key_value_heads,
         "intermediate_size": backbone.intermediate_dim, "hidden_act": "silu",
         "rms_norm_eps": backbone.layer_norm_epsilon,
         "rope_theta": backbone.rope_max_wavelength,
-        "attention_bias": False,
-        "tie_word_embeddings": backbone.tie_word_embeddings,
+        "tie_word_embeddings": bool(getattr(backbone, "tie_word_embeddings",
+                                            False)),
     }
+    if model_type in ("qwen3", "qwen3_moe"):
+        config.update(head_dim=backbone.head_dim, attention_bias=False)
+    if model_type == "mixtral":
+        config.update(
+            head_dim=backbone.hidden_dim // backbone.num_query_heads,
+            num_local_experts=backbone.num_experts,
+            num_experts_per_tok=backbone.top_k,
+            sliding_window=backbone.sliding_window,
+            router_jitter_noise=backbone.router_jitter_noise,
+            router_aux_loss_coef=backbone.router_aux_loss_coef,
+            output_router_logits=False)
+    if model_type in ("qwen2_moe", "qwen3_moe"):
+        config.update(
+            moe_intermediate_size=backbone.moe_intermediate_dim,
+            num_experts=backbone.num_experts,
+            num_experts_per_tok=backbone.top_k,
+            norm_topk_prob=backbone.norm_top_k_prob,
+            decoder_sparse_step=1, mlp_only_layers=[],
+            router_aux_loss_coef=backbone.router_aux_loss_coefficient,
+            output_router_logits=False)
+    if model_type == "qwen2_moe":
+        config.update(shared_expert_intermediate_size=(
+            backbone.shared_expert_intermediate_dim), qkv_bias=True)
+    return config
 
 
 def _completions(backbone, model_type):
@@ -45,7 +71,7 @@ def _completions(backbone, model_type):
     if model_type == "gemma":
         return {"rms_norm_eps": backbone.layer_norm_epsilon,
                 "hidden_activation": "gelu_pytorch_tanh"}
-    if model_type in ("qwen2", "qwen3"):
+    if model_type in ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe"):
         window = getattr(backbone, "use_sliding_window_attention", False)
         return {"use_sliding_window": bool(window),
                 "sliding_window": backbone.sliding_window_size if window
@@ -65,6 +91,10 @@ def _refusals(backbone, model_type):
         if model_type == "gemma3_text" and not all(post_norms):
             return ("Gemma3ForCausalLM always has post-attention and "
                     "post-feed-forward norms")
+    if model_type in ("qwen2_moe", "qwen3_moe") and (
+            backbone.mlp_only_layers or backbone.decoder_sparse_step != 1):
+        return ("every block must be a mixture of experts (mlp_only_layers "
+                "empty, decoder_sparse_step 1)")
     return None
 
 
@@ -76,8 +106,9 @@ def hf_config(model, family):
         raise ValueError(f"Cannot export this {type(backbone).__name__}: "
                          f"{reason}.")
     name = type(backbone).__name__
-    config = (_qwen3(backbone) if family.model_type == "qwen3"
-              else hf_exporter.MODEL_CONFIGS[name](backbone))
+    config = (hf_exporter.MODEL_CONFIGS[name](backbone)
+              if name in hf_exporter.MODEL_CONFIGS
+              else _decoder(backbone, family.model_type))
     config.update(_completions(backbone, family.model_type))
     config["architectures"] = [family.architecture]
     config["torch_dtype"] = "float32"
@@ -113,4 +144,14 @@ def backbone_kwargs(model_type, config):
             raise ValueError("GPT2Backbone uses layer_norm_epsilon=1e-5.")
     elif model_type == "gemma":
         kwargs["layer_norm_epsilon"] = config.get("rms_norm_eps", 1e-6)
+    elif model_type == "qwen2_moe":  # KerasHub's converter misnames it
+        kwargs["use_sliding_window_attention"] = kwargs.pop(
+            "use_sliding_window")
+    if model_type in ("qwen2_moe", "qwen3_moe"):
+        if config.get("mlp_only_layers") or config.get(
+                "decoder_sparse_step", 1) != 1:
+            raise ValueError("keras_gptq loads MoE checkpoints whose every "
+                             "block is a mixture of experts.")
+        kwargs["tie_word_embeddings"] = config.get("tie_word_embeddings",
+                                                   False)
     return kwargs

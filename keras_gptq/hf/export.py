@@ -14,47 +14,12 @@ import keras
 import numpy as np
 from keras_hub.src.utils.transformers.export import hf_exporter
 
-from keras_gptq import storage
 from keras_gptq.algorithm import grid
 from keras_gptq.hf import configs
 from keras_gptq.hf import families
 from keras_gptq.hf import format as hf_format
+from keras_gptq.hf import parts
 from keras_gptq.utils.files import write_folder_atomically
-
-
-def _layer_arrays(layer):
-    """`(bits, group_size, q, scale, zero, g_idx)` of a packed layer."""
-    if not storage.is_packed(layer):
-        raise ValueError(
-            f"Layer {layer.path!r} is not quantized by keras_gptq; "
-            "export_hf needs every Dense/EinsumDense of the transformer "
-            "blocks quantized (run keras_gptq.quantize without `filters`).")
-    policy = storage.layer_policy(layer)
-    columns = layer._gptq_layout.columns
-    q = storage.unpack(keras.ops.convert_to_numpy(layer.quantized_kernel),
-                       policy.weight_bits, columns)
-    return (policy.weight_bits, policy.group_size, q,
-            *(keras.ops.convert_to_numpy(v) for v in (
-                layer.kernel_scale, layer.kernel_zero, layer.g_idx)))
-
-
-def _module_arrays(name, layers):
-    """One HF module's arrays; fused parts are stacked along `out`."""
-    parts = [_layer_arrays(layer) for layer in layers]
-    bits, group_size, _, _, _, g_idx = parts[0]
-    for other in parts[1:]:
-        if other[:2] != (bits, group_size):
-            raise ValueError(f"{name}: its fused parts have different bits "
-                             "or group sizes.")
-        if not np.array_equal(other[5], g_idx):
-            raise ValueError(
-                f"{name} fuses {[l.path for l in layers]}, which were "
-                "quantized with different column orders (g_idx), so they "
-                "cannot share the one g_idx of the fused module. Quantize "
-                "them with activation_order=False, or so that they share "
-                "one Hessian.")
-    stack = [np.concatenate([p[i] for p in parts], axis=0) for i in (2, 3, 4)]
-    return bits, group_size, (*stack, g_idx)
 
 
 def _choose_format(checkpoint_format, arrays):
@@ -72,18 +37,15 @@ def _choose_format(checkpoint_format, arrays):
 
 def _symmetric(arrays):
     """True when every zero point is the middle level (a symmetric grid)."""
-    bits = {a[0] for a in arrays.values()}.pop()
-    return all(np.all(a[3] == 1 << (bits - 1)) for a in arrays.values())
+    return all(np.all(a.zero == 1 << (a.bits - 1)) for a in arrays.values())
 
 
 def _quantized_tensors(model, family, checkpoint_format):
     """`(tensors, quantization_config settings)` of the packed modules."""
     modules = family.linear_modules(model.backbone)
-    arrays, settings = {}, set()
-    for name, layers in modules.items():
-        bits, group_size, module = _module_arrays(name, layers)
-        arrays[name] = (bits, *module)
-        settings.add((bits, group_size))
+    arrays = {name: parts.stack(name, module)
+              for name, module in modules.items()}
+    settings = {(a.bits, a.group_size) for a in arrays.values()}
     if len(settings) != 1:
         raise ValueError(
             f"The layers use several (bits, group_size) settings {settings}; "
@@ -91,15 +53,15 @@ def _quantized_tensors(model, family, checkpoint_format):
     (bits, group_size), = settings
     fmt = _choose_format(checkpoint_format, arrays)
     tensors = {}
-    for name, (_, q, scale, zero, g_idx) in arrays.items():
+    for name, a in arrays.items():
         try:
-            packed = hf_format.to_hf(q, scale, zero, g_idx, bits, fmt)
+            packed = hf_format.to_hf(a.q, a.scale, a.zero, a.g_idx, bits, fmt)
         except hf_format.UnsupportedCheckpointError as err:
             raise hf_format.UnsupportedCheckpointError(f"{name}: {err}") from None
         tensors.update({f"{name}.{k}": v for k, v in packed.items()})
     config = dict(
         bits=bits, group_size=group_size, checkpoint_format=fmt,
-        desc_act=not all(grid.has_contiguous_groups(a[4], group_size)
+        desc_act=not all(grid.has_contiguous_groups(a.g_idx, group_size)
                          for a in arrays.values()),
         sym=_symmetric(arrays))
     return tensors, config, set(modules)
@@ -119,6 +81,15 @@ def _float_tensors(model, family, quantized_modules):
         if name.rsplit(".", 1)[0] in quantized_modules:
             value = value.astype(np.float16)
         tensors[name] = np.ascontiguousarray(value)
+    for name, module in family.linear_modules(
+            backbone, family.float_modules).items():
+        if any(part.is_packed() for part in module):
+            raise ValueError(
+                f"{name} is quantized, but the format keeps it float "
+                "(mixture-of-experts routers): quantize with "
+                "quantize_router=False.")
+        tensors[f"{name}.weight"] = np.ascontiguousarray(np.concatenate(
+            [part.float_matrix() for part in module]))
     if head is not None:
         tensors["lm_head.weight"] = np.ascontiguousarray(np.asarray(
             keras.ops.convert_to_numpy(keras.ops.cast(head, "float32"))).T)

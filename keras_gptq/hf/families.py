@@ -26,6 +26,34 @@ import functools
 
 import numpy as np
 
+from keras_gptq.hf import parts as parts_lib
+from keras_gptq.model import experts as experts_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Expert:
+    """Expert `{e}` of an expert bank's matrix, in a module table.
+
+    Attributes:
+        bank: attribute path of the bank in the block.
+        matrix: the bank's matrix attribute (an `experts.ExpertMatrix`).
+        half: None (every row), 0 or 1 (the first or second half of the
+            rows: Qwen-MoE's fused gate/up matrix).
+    """
+
+    bank: str
+    matrix: str
+    half: int = None
+
+    def part(self, block, e):
+        bank = _attribute(block, self.bank)
+        matrix = experts_lib.BANK_FAMILIES[type(bank)].matrix(self.matrix)
+        if self.half is None:
+            return parts_lib.ExpertRows(bank, matrix, e)
+        rows = parts_lib.ExpertRows(bank, matrix, e).shape()[0] // 2
+        return parts_lib.ExpertRows(bank, matrix, e, self.half * rows,
+                                    (self.half + 1) * rows)
+
 
 @dataclasses.dataclass(frozen=True)
 class Family:
@@ -37,8 +65,9 @@ class Family:
         architecture: transformers `architectures[0]`.
         block_prefix: the transformers name of block `i`, with `{i}`.
         modules: `{hf module name in the block: (keras layer attribute
-            paths in the block, ...)}`; several paths are a fused module,
-            their rows stacked in that order.
+            paths in the block, or `Expert`s, ...)}`; several are a fused
+            module, their rows stacked in that order. A name with `{e}`
+            is one module per expert.
         block_tensors: `{hf tensor name in the block: (keras variable
             attribute paths in the block, ...)}`.
         tensors: `{hf tensor name: (keras variable path from the
@@ -47,6 +76,8 @@ class Family:
         block_name: the Keras name of block `i` in the backbone.
         transposed_weights: float module weights are stored `[in, out]`
             (GPT-2's Conv1D); quantized ones never are.
+        float_modules: linear modules that stay float (mixture-of-experts
+            routers), declared as `modules`.
     """
 
     causal_lm: str
@@ -59,17 +90,27 @@ class Family:
     tokenizer_files: tuple
     block_name: str = "transformer_layer_{i}"
     transposed_weights: bool = False
+    float_modules: dict = dataclasses.field(default_factory=dict)
 
     def _blocks(self, backbone):
         for i in range(backbone.num_layers):
             yield (self.block_prefix.format(i=i),
                    backbone.get_layer(self.block_name.format(i=i)))
 
-    def linear_modules(self, backbone):
-        """`{hf module name: [keras layers]}` over every block."""
-        return {f"{prefix}.{name}": [_attribute(block, p) for p in paths]
-                for prefix, block in self._blocks(backbone)
-                for name, paths in self.modules.items()}
+    def linear_modules(self, backbone, table=None):
+        """`{hf module name: [parts (`hf.parts`)]}` over every block, of
+        `modules` (or of `table`, e.g. `float_modules`)."""
+        found = {}
+        for prefix, block in self._blocks(backbone):
+            for name, paths in (self.modules if table is None
+                                else table).items():
+                count = _experts(block, paths) if "{e}" in name else 1
+                for e in range(count):
+                    found[f"{prefix}.{name.format(e=e)}"] = [
+                        p.part(block, e) if isinstance(p, Expert) else
+                        parts_lib.LayerRows(_attribute(block, p))
+                        for p in paths]
+        return found
 
     def float_variables(self, backbone):
         """`{hf tensor name: [keras variables]}` of every float tensor but
@@ -86,6 +127,10 @@ class Family:
 
 def _attribute(obj, path):
     return functools.reduce(getattr, path.split("."), obj)
+
+
+def _experts(block, paths):
+    return int(_attribute(block, paths[0].bank).num_experts)
 
 
 def lm_head(backbone):
@@ -166,6 +211,21 @@ _GPT2_ATTENTION = {
     "mlp.c_fc": ("_feedforward_intermediate_dense",),
     "mlp.c_proj": ("_feedforward_output_dense",),
 }
+_PLAIN_ATTENTION = {  # Mixtral, Qwen-MoE: no underscore on q, k, v
+    f"self_attn.{hf}_proj": (f"{_ATTENTION}{k}_dense",)
+    for hf, k in (("q", "query"), ("k", "key"), ("v", "value"))}
+_MIXTRAL_BLOCK = "_sparse_moe_block."
+_MIXTRAL_BANK = _MIXTRAL_BLOCK + "expert_bank"
+_QWEN_MOE_BANK = "mlp.expert_bank"
+_QWEN_EXPERTS = {  # Qwen-MoE, Qwen3-MoE: gate and up fused in Keras
+    "mlp.experts.{e}.gate_proj": (
+        Expert(_QWEN_MOE_BANK, "_expert_feedforward_gate_dense", half=0),),
+    "mlp.experts.{e}.up_proj": (
+        Expert(_QWEN_MOE_BANK, "_expert_feedforward_gate_dense", half=1),),
+    "mlp.experts.{e}.down_proj": (
+        Expert(_QWEN_MOE_BANK, "_expert_feedforward_output_dense"),),
+}
+_QWEN_ROUTER = {"mlp.gate": ("mlp._sparse_feedforward_gate_dense",)}
 _BPE = ("vocab.json", "merges.txt")
 _SENTENCEPIECE = ("tokenizer.model",)
 
@@ -211,6 +271,39 @@ FAMILIES = (
     Family("Qwen3CausalLM", "qwen3", "Qwen3ForCausalLM", "model.layers.{i}",
            _LLAMA_MODULES, {**_LLAMA_NORMS, **_QK_NORMS}, _LLAMA_TENSORS,
            _BPE),
+    Family("MixtralCausalLM", "mixtral", "MixtralForCausalLM",
+           "model.layers.{i}", {
+               **_PLAIN_ATTENTION,
+               "self_attn.o_proj": (_ATTENTION + "output_dense",),
+               **{f"block_sparse_moe.experts.{{e}}.{hf}": (
+                   Expert(_MIXTRAL_BANK, f"_expert_feedforward_{k}_dense"),)
+                  for hf, k in (("w1", "gate"), ("w2", "output"),
+                                ("w3", "intermediate"))},
+           }, _LLAMA_NORMS, _LLAMA_TENSORS, _SENTENCEPIECE,
+           float_modules={"block_sparse_moe.gate": (
+               _MIXTRAL_BLOCK + "_sparse_feedforward_gate_dense",)}),
+    Family("QwenMoeCausalLM", "qwen2_moe", "Qwen2MoeForCausalLM",
+           "model.layers.{i}", {
+               **_PLAIN_ATTENTION,
+               "self_attn.o_proj": (_ATTENTION + "_output_dense",),
+               **_QWEN_EXPERTS,
+               **{f"mlp.shared_expert.{hf}_proj": (
+                   f"mlp.shared_expert_dense._feedforward_{k}_dense",)
+                  for hf, k in (("gate", "gate"), ("up", "intermediate"),
+                                ("down", "output"))},
+           }, {**_LLAMA_NORMS, **{
+               f"self_attn.{hf}_proj.bias": (f"{_ATTENTION}{k}_dense.bias",)
+               for hf, k in (("q", "query"), ("k", "key"), ("v", "value"))}},
+           _LLAMA_TENSORS, _BPE, float_modules={
+               **_QWEN_ROUTER,
+               "mlp.shared_expert_gate": ("mlp.shared_expert_gate_dense",)}),
+    Family("Qwen3MoeCausalLM", "qwen3_moe", "Qwen3MoeForCausalLM",
+           "model.layers.{i}", {
+               **{k: v for k, v in _LLAMA_MODULES.items()
+                  if k.startswith("self_attn")},
+               **_QWEN_EXPERTS,
+           }, {**_LLAMA_NORMS, **_QK_NORMS}, _LLAMA_TENSORS, _BPE,
+           float_modules=_QWEN_ROUTER),
 )
 
 

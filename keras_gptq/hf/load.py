@@ -10,16 +10,14 @@ KerasHub's own transformers converter.
 import glob
 import json
 import os
-import types
 
 import keras_hub
 import numpy as np
 
-from keras_gptq import storage
 from keras_gptq.hf import configs
 from keras_gptq.hf import families
 from keras_gptq.hf import format as hf_format
-from keras_gptq.model import layout as layout_lib
+from keras_gptq.hf import parts
 
 _PARTS = ("qweight", "qzeros", "scales", "g_idx")
 
@@ -72,19 +70,19 @@ def _load_float(backbone, family, tensors):
             variable.assign(part.astype(variable.dtype))
 
 
-def _split_rows(arrays, layouts):
-    """Splits a fused module's `(q, scale, zero, g_idx)` into its layers."""
-    q, scale, zero, g_idx = arrays
-    bounds = [0]
-    for lay in layouts:
-        bounds.append(bounds[-1] + lay.rows)
-    if bounds[-1] != q.shape[0]:
-        return None
-    return [(q[a:b], scale[a:b], zero[a:b], g_idx)
-            for a, b in zip(bounds, bounds[1:])]
+def _row_bounds(name, module, shape):
+    """Each part's `[start, stop)` rows of a module of `shape (out, in)`."""
+    shapes = [part.shape() for part in module]
+    bounds = np.cumsum([0] + [rows for rows, _ in shapes])
+    if tuple(shape) != (bounds[-1], shapes[0][1]) or any(
+            columns != shapes[0][1] for _, columns in shapes):
+        raise hf_format.UnsupportedCheckpointError(
+            f"{name}: shape {tuple(shape)} (out, in) does not fit "
+            f"{[part.name for part in module]}.")
+    return list(zip(bounds, bounds[1:]))
 
 
-def _load_float_module(name, layers, tensors, transposed):
+def _load_float_module(name, module, tensors, transposed):
     """A module stored unquantized: its `weight` (`[in, out]` when
     `transposed`, GPT-2's Conv1D) into the layers' kernels."""
     weight = tensors.get(f"{name}.weight")
@@ -92,31 +90,45 @@ def _load_float_module(name, layers, tensors, transposed):
         raise hf_format.UnsupportedCheckpointError(
             f"The checkpoint has neither {name}.qweight nor {name}.weight.")
     weight = weight.T if transposed else weight
-    layouts = [layout_lib.layer_layout(layer) for layer in layers]
-    bounds = np.cumsum([0] + [lay.rows for lay in layouts])
-    if weight.shape != (bounds[-1], layouts[0].columns):
-        raise hf_format.UnsupportedCheckpointError(
-            f"{name}.weight {weight.shape} does not fit "
-            f"{[layer.path for layer in layers]}.")
-    for layer, lay, a, b in zip(layers, layouts, bounds, bounds[1:]):
-        layer._kernel.assign(lay.matrix_to_kernel(weight[a:b]).astype(
-            layer._kernel.dtype))
+    for part, (a, b) in zip(module, _row_bounds(name, module, weight.shape)):
+        if not hasattr(part, "write_float"):
+            raise hf_format.UnsupportedCheckpointError(
+                f"{name}: a float expert in a GPTQ checkpoint; keras_gptq "
+                "loads expert banks quantized whole.")
+        part.write_float(weight[a:b])
 
 
-def _write_module(name, layers, tensors, bits, group_size, fmt):
-    parts = {k: tensors.get(f"{name}.{k}") for k in _PARTS}
-    arrays = hf_format.from_hf(parts, bits, fmt, group_size, name=name)
-    layouts = [layout_lib.layer_layout(layer) for layer in layers]
-    split = _split_rows(arrays, layouts)
-    if split is None or any(lay.columns != arrays[0].shape[1]
-                            for lay in layouts):
-        raise hf_format.UnsupportedCheckpointError(
-            f"{name}: packed shape {arrays[0].shape} (out, in) does not fit "
-            f"{[layer.path for layer in layers]}.")
-    for layer, (q, scale, zero, g_idx) in zip(layers, split):
-        result = types.SimpleNamespace(q=q, scale=scale, zero=zero,
-                                       g_idx=g_idx)
-        storage.write_packed(layer, result, bits, group_size)
+def _write_module(name, module, tensors, settings, banks):
+    """A GPTQ module into its parts (expert rows are collected in
+    `banks`, a `parts.BankWriter`)."""
+    bits, group_size, fmt = settings
+    stored = {k: tensors.get(f"{name}.{k}") for k in _PARTS}
+    q, scale, zero, g_idx = hf_format.from_hf(stored, bits, fmt, group_size,
+                                              name=name)
+    for part, (a, b) in zip(module, _row_bounds(name, module, q.shape)):
+        packed = parts.Packed(bits, group_size, q[a:b], scale[a:b],
+                              zero[a:b], g_idx)
+        if isinstance(part, parts.ExpertRows):
+            banks.add(part, packed)
+        else:
+            part.write(packed)
+
+
+def _load_modules(backbone, family, tensors, settings):
+    """Every linear module: GPTQ ones packed, float ones (and routers)
+    into float kernels."""
+    modules = family.linear_modules(backbone)
+    banks = parts.BankWriter()
+    for name in sorted(modules):
+        if f"{name}.qweight" in tensors.keys():
+            _write_module(name, modules[name], tensors, settings, banks)
+        else:
+            _load_float_module(name, modules[name], tensors,
+                               family.transposed_weights)
+    banks.write()
+    for name, module in family.linear_modules(
+            backbone, family.float_modules).items():
+        _load_float_module(name, module, tensors, False)
 
 
 def _preprocessor(family, folder):
@@ -173,12 +185,6 @@ def load_hf_gptq(folder, dtype=None):
     backbone = backbone_cls(
         **configs.backbone_kwargs(family.model_type, config), dtype=dtype)
     _load_float(backbone, family, tensors)
-    modules = family.linear_modules(backbone)
-    for name in sorted(modules):
-        if f"{name}.qweight" in tensors.keys():
-            _write_module(name, modules[name], tensors, bits, group_size, fmt)
-        else:
-            _load_float_module(name, modules[name], tensors,
-                               family.transposed_weights)
+    _load_modules(backbone, family, tensors, (bits, group_size, fmt))
     cls = getattr(keras_hub.models, family.causal_lm)
     return cls(backbone=backbone, preprocessor=_preprocessor(family, folder))

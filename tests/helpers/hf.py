@@ -24,36 +24,53 @@ def block_layers(model):
             for layer in structure.target_layers(block)]
 
 
+def _random_result(rng, rows, columns, bits, group_size, sym, act_order,
+                   fp16_scales, zero_low):
+    maxq = (1 << bits) - 1
+    size = columns if group_size == -1 else group_size
+    groups = -(-columns // size)
+    g_idx = np.arange(columns) // size
+    if act_order:
+        perm = np.random.default_rng(columns).permutation(columns)
+        g_idx = np.empty(columns, np.int64)
+        g_idx[perm] = np.arange(columns) // size
+    scale = rng.uniform(0.002, 0.02, (rows, groups)).astype(np.float32)
+    if fp16_scales:
+        scale = scale.astype(np.float16).astype(np.float32)
+    zero = (np.full((rows, groups), (maxq + 1) // 2) if sym else
+            rng.integers(zero_low, maxq + 1, (rows, groups)))
+    return types.SimpleNamespace(
+        q=rng.integers(0, maxq + 1, (rows, columns)).astype(np.uint8),
+        scale=scale, zero=zero.astype(np.uint8),
+        g_idx=g_idx.astype(np.int32))
+
+
 def pack_randomly(model, bits, group_size, sym, act_order, seed=0,
                   fp16_scales=True, zero_low=1):
-    """Puts random packed GPTQ weights into every block layer.
+    """Puts random packed GPTQ weights into every block layer and expert
+    bank.
 
-    Layers with the same number of input columns share one act-order
+    Matrices with the same number of input columns share one act-order
     permutation (as q, k and v do when they share a Hessian). Zero points
     are drawn from `[zero_low, 2**bits - 1]` unless `sym`.
     """
     rng = np.random.default_rng(seed)
-    maxq = (1 << bits) - 1
+    settings = (bits, group_size, sym, act_order, fp16_scales, zero_low)
     for layer in block_layers(model):
         lay = layout.layer_layout(layer)
-        rows, columns = lay.rows, lay.columns
-        size = columns if group_size == -1 else group_size
-        groups = -(-columns // size)
-        g_idx = np.arange(columns) // size
-        if act_order:
-            perm = np.random.default_rng(columns).permutation(columns)
-            g_idx = np.empty(columns, np.int64)
-            g_idx[perm] = np.arange(columns) // size
-        scale = rng.uniform(0.002, 0.02, (rows, groups)).astype(np.float32)
-        if fp16_scales:
-            scale = scale.astype(np.float16).astype(np.float32)
-        zero = (np.full((rows, groups), (maxq + 1) // 2) if sym else
-                rng.integers(zero_low, maxq + 1, (rows, groups)))
-        result = types.SimpleNamespace(
-            q=rng.integers(0, maxq + 1, (rows, columns)).astype(np.uint8),
-            scale=scale, zero=zero.astype(np.uint8),
-            g_idx=g_idx.astype(np.int32))
-        storage.write_packed(layer, result, bits, group_size)
+        storage.write_packed(layer, _random_result(
+            rng, lay.rows, lay.columns, *settings), bits, group_size)
+    for block in structure.sequential_blocks(model):
+        for moe in structure.target_banks(block):
+            results = {}
+            for matrix in moe.family.matrices:
+                experts, a, b = getattr(moe.bank, matrix.name).shape
+                rows, columns = (b, a) if matrix.layout == "e_in_out" else (
+                    a, b)
+                results[matrix.name] = [_random_result(
+                    rng, rows, columns, *settings) for _ in range(experts)]
+            storage.write_packed_bank(moe.bank, moe.family, results, bits,
+                                      group_size)
     return model
 
 

@@ -25,6 +25,8 @@ from helpers.hf import write_float_folder
 from helpers.models import logits
 from helpers.models import markov_tokens
 from keras_gptq.hf import families
+from keras_gptq.model import experts
+from keras_gptq.storage import packed_experts
 from keras_gptq.storage import packed_layer
 
 TOKENS = markov_tokens(64, seed=5).reshape(2, 32)
@@ -39,6 +41,9 @@ FAMILIES = {
     "mistral": ("MistralCausalLM", "mistral"),
     "qwen": ("QwenCausalLM", "qwen2"),
     "qwen3": ("Qwen3CausalLM", "qwen3"),
+    "mixtral": ("MixtralCausalLM", "mixtral"),
+    "qwen_moe": ("QwenMoeCausalLM", "qwen2_moe"),
+    "qwen3_moe": ("Qwen3MoeCausalLM", "qwen3_moe"),
 }
 
 
@@ -105,6 +110,38 @@ def test_untied_lm_head_is_the_reverse_embedding_transposed(tmp_path):
     np.testing.assert_array_equal(tensors["lm_head.weight"], reverse.T)
     tied = exported(tmp_path, "qwen3")[1]
     assert "lm_head.weight" not in tied
+
+
+def test_qwen_moe_experts_split_the_fused_gate_up_matrix(tmp_path):
+    """Keras keeps expert e's gate and up projections as one `[hidden,
+    2 * inter]` matrix (gate first); transformers names them apart."""
+    model = packed_model("qwen_moe", 4, 32, sym=True, act_order=True)
+    keras_gptq.export_hf(model, tmp_path / "m")
+    tensors = read_folder(tmp_path / "m")[1]
+    bank = model.backbone.get_layer("transformer_layer_1").mlp.expert_bank
+    kernels = packed_experts.dequantized_kernels(
+        bank, experts.BANK_FAMILIES[type(bank)].matrices)
+    kernel = keras.ops.convert_to_numpy(
+        kernels["_expert_feedforward_gate_dense"])[3].T  # expert 3: [64, 64]
+    for half, name in enumerate(("gate_proj", "up_proj")):
+        prefix = f"model.layers.1.mlp.experts.3.{name}"
+        weight = hf_spec.dequantize(*(tensors[f"{prefix}.{k}"] for k in (
+            "qweight", "qzeros", "scales", "g_idx")), 4, "gptq")
+        np.testing.assert_allclose(weight, kernel[32 * half:32 * (half + 1)],
+                                   rtol=1e-6, atol=1e-7)
+    assert tensors["model.layers.1.mlp.gate.weight"].shape == (4, 64)
+    assert tensors["model.layers.1.mlp.shared_expert_gate.weight"].shape == (
+        1, 64)
+    assert len(quantized_modules(tensors)) == 2 * (7 + 4 * 3)
+
+
+def test_mixtral_experts_are_w1_w3_w2(tmp_path):
+    tensors = exported(tmp_path, "mixtral")[1]
+    assert [m for m in quantized_modules(tensors)
+            if m.startswith("model.layers.0.block_sparse_moe.experts.2.")] == [
+        f"model.layers.0.block_sparse_moe.experts.2.w{i}" for i in (1, 2, 3)]
+    assert tensors["model.layers.0.block_sparse_moe.experts.2.w2.qweight"
+                   ].shape == (128 * 4 // 32, 64)  # down: in 128, out 64
 
 
 def test_gemma3_norms_are_stored_as_keras_holds_them(tmp_path):
