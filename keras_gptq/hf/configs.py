@@ -4,8 +4,9 @@ Export: KerasHub's own exporter config (`hf_exporter.MODEL_CONFIGS`) where
 it has one, completed with what transformers would otherwise default
 differently; a small function here where it has none. Import: KerasHub's
 converter (`convert_backbone_config`), with the values it assumes read
-from the config instead, and settings a Keras backbone cannot express
-refused.
+from the config instead; a small function here for Phi-3 and OPT, which
+KerasHub 0.32 cannot convert from transformers. Settings a Keras backbone
+or the transformers architecture cannot express are refused.
 """
 
 import importlib
@@ -22,7 +23,8 @@ CONVERTERS = {  # model_type: KerasHub converter module
 
 
 def converter(model_type):
-    """KerasHub's transformers converter module for `model_type`."""
+    """KerasHub's transformers converter module for `model_type` (not for
+    Phi-3 and OPT)."""
     return importlib.import_module(_CONVERTERS + CONVERTERS[model_type])
 
 
@@ -66,6 +68,79 @@ def _decoder(backbone, model_type):
     return config
 
 
+def _phi3(backbone):
+    if backbone.rope_scaling_type is not None:
+        raise ValueError("Cannot export a Phi3Backbone with rope scaling "
+                         f"({backbone.rope_scaling_type!r}) yet.")
+    return {
+        "model_type": "phi3", "vocab_size": backbone.vocabulary_size,
+        "hidden_size": backbone.hidden_dim,
+        "num_hidden_layers": backbone.num_layers,
+        "num_attention_heads": backbone.num_query_heads,
+        "num_key_value_heads": backbone.num_key_value_heads,
+        "intermediate_size": backbone.intermediate_dim, "hidden_act": "silu",
+        "rms_norm_eps": backbone.layer_norm_epsilon,
+        "rope_theta": backbone.rope_max_wavelength, "rope_scaling": None,
+        "max_position_embeddings": backbone.max_sequence_length,
+        "original_max_position_embeddings": (
+            backbone.pretraining_sequence_length),
+        "tie_word_embeddings": False, "pad_token_id": None,
+        "bos_token_id": 1, "eos_token_id": 32000,
+    }
+
+
+def _opt(backbone):
+    return {
+        "model_type": "opt", "vocab_size": backbone.vocabulary_size,
+        "hidden_size": backbone.hidden_dim,
+        "word_embed_proj_dim": backbone.hidden_dim,
+        "num_hidden_layers": backbone.num_layers,
+        "num_attention_heads": backbone.num_heads,
+        "ffn_dim": backbone.intermediate_dim,
+        "max_position_embeddings": backbone.max_sequence_length,
+        "activation_function": "relu", "do_layer_norm_before": True,
+        "enable_bias": True, "layer_norm_elementwise_affine": True,
+        "_remove_final_layer_norm": False, "tie_word_embeddings": True,
+    }
+
+
+_OWN = {"phi3": _phi3, "opt": _opt}  # families without a KerasHub converter
+
+
+def _own_backbone_kwargs(model_type, config):
+    """Backbone arguments of the families KerasHub has no converter for."""
+    if model_type == "phi3":
+        if config.get("rope_scaling"):
+            raise ValueError("Phi-3 checkpoints with rope_scaling are not "
+                             "supported yet.")
+        return dict(
+            vocabulary_size=config["vocab_size"],
+            num_layers=config["num_hidden_layers"],
+            hidden_dim=config["hidden_size"],
+            intermediate_dim=config["intermediate_size"],
+            num_query_heads=config["num_attention_heads"],
+            num_key_value_heads=config.get("num_key_value_heads",
+                                           config["num_attention_heads"]),
+            layer_norm_epsilon=config.get("rms_norm_eps", 1e-5),
+            max_sequence_length=config["max_position_embeddings"],
+            pretraining_sequence_length=config.get(
+                "original_max_position_embeddings",
+                config["max_position_embeddings"]),
+            rope_max_wavelength=config.get("rope_theta", 10000.0))
+    if (not config.get("do_layer_norm_before", True)
+            or config.get("word_embed_proj_dim", config["hidden_size"])
+            != config["hidden_size"]
+            or config.get("activation_function", "relu") != "relu"):
+        raise ValueError("OPTBackbone needs do_layer_norm_before, relu and "
+                         "word_embed_proj_dim == hidden_size (not OPT-350m).")
+    return dict(vocabulary_size=config["vocab_size"],
+                num_layers=config["num_hidden_layers"],
+                num_heads=config["num_attention_heads"],
+                hidden_dim=config["hidden_size"],
+                intermediate_dim=config["ffn_dim"], dropout=0.0,
+                max_sequence_length=config["max_position_embeddings"])
+
+
 def _completions(backbone, model_type):
     """Values KerasHub's exporter leaves to transformers' defaults."""
     if model_type == "gemma":
@@ -106,9 +181,12 @@ def hf_config(model, family):
         raise ValueError(f"Cannot export this {type(backbone).__name__}: "
                          f"{reason}.")
     name = type(backbone).__name__
-    config = (hf_exporter.MODEL_CONFIGS[name](backbone)
-              if name in hf_exporter.MODEL_CONFIGS
-              else _decoder(backbone, family.model_type))
+    if family.model_type in _OWN:
+        config = _OWN[family.model_type](backbone)
+    elif name in hf_exporter.MODEL_CONFIGS:
+        config = hf_exporter.MODEL_CONFIGS[name](backbone)
+    else:
+        config = _decoder(backbone, family.model_type)
     config.update(_completions(backbone, family.model_type))
     config["architectures"] = [family.architecture]
     config["torch_dtype"] = "float32"
@@ -118,13 +196,16 @@ def hf_config(model, family):
         value = getattr(tokenizer, attr, None)
         if value is not None:
             config[f"{kind}_token_id"] = int(value)
-        elif config.get(f"{kind}_token_id", 0) >= backbone.vocabulary_size:
-            del config[f"{kind}_token_id"]  # GPT-2's 50256 in a tiny vocab
+        elif (config.get(f"{kind}_token_id") or 0) >= (
+                backbone.vocabulary_size):  # GPT-2's 50256 in a tiny vocab
+            config[f"{kind}_token_id"] = None
     return config
 
 
 def backbone_kwargs(model_type, config):
     """Keras backbone arguments from a transformers config dict."""
+    if model_type in _OWN:
+        return _own_backbone_kwargs(model_type, config)
     kwargs = converter(model_type).convert_backbone_config(config)
     if model_type == "llama":
         heads = config["num_attention_heads"]

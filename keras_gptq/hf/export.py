@@ -72,10 +72,10 @@ def _float_tensors(model, family, quantized_modules):
     quantized modules float16, as the format stores them)."""
     backbone = model.backbone
     variables = family.float_variables(backbone)
-    head = families.lm_head(backbone)
+    head = family.lm_head(backbone)
     tensors = {}
     for name, parts in variables.items():
-        value = families.to_hf_tensor(name, [np.asarray(
+        value = family.to_hf_tensor(name, [np.asarray(
             keras.ops.convert_to_numpy(keras.ops.cast(v, "float32")))
             for v in parts])
         if name.rsplit(".", 1)[0] in quantized_modules:

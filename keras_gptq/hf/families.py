@@ -78,6 +78,10 @@ class Family:
             (GPT-2's Conv1D); quantized ones never are.
         float_modules: linear modules that stay float (mixture-of-experts
             routers), declared as `modules`.
+        embedding: path of the token embedding layer (its `tie_weights`
+            and `reverse_embeddings` give an untied lm_head).
+        leading_rows: `{hf tensor name: rows}` transformers keeps before
+            the Keras rows (OPT's positions start at 2); zeros on export.
     """
 
     causal_lm: str
@@ -91,6 +95,8 @@ class Family:
     block_name: str = "transformer_layer_{i}"
     transposed_weights: bool = False
     float_modules: dict = dataclasses.field(default_factory=dict)
+    embedding: str = "token_embedding"
+    leading_rows: dict = dataclasses.field(default_factory=dict)
 
     def _blocks(self, backbone):
         for i in range(backbone.num_layers):
@@ -115,8 +121,7 @@ class Family:
     def float_variables(self, backbone):
         """`{hf tensor name: [keras variables]}` of every float tensor but
         an untied lm_head (`lm_head`)."""
-        table = {name: [_attribute(backbone.get_layer(p.split(".")[0]),
-                                   p.split(".", 1)[1]) for p in paths]
+        table = {name: [_from_backbone(backbone, p) for p in paths]
                  for name, paths in self.tensors.items()}
         for prefix, block in self._blocks(backbone):
             for name, paths in self.block_tensors.items():
@@ -125,46 +130,54 @@ class Family:
         return table
 
 
+    def lm_head(self, backbone):
+        """The untied output embedding variable (`[hidden, vocab]`), or
+        None when the model ties it to the input embedding."""
+        embedding = _from_backbone(backbone, self.embedding)
+        return None if getattr(embedding, "tie_weights", True) else (
+            embedding.reverse_embeddings)
+
+    def to_hf_tensor(self, name, values):
+        """One float tensor in transformers' shape, from its Keras
+        variables' numpy values (see the module docstring)."""
+        if not name.endswith(_EMBEDDINGS):
+            return np.concatenate([np.reshape(v, -1) for v in values])
+        lead = self.leading_rows.get(name, 0)
+        return np.concatenate([np.zeros((lead,) + values[0].shape[1:],
+                                        values[0].dtype), values[0]])
+
+    def from_hf_tensor(self, name, tensor, shapes):
+        """Inverse of `to_hf_tensor`: the values of variables of `shapes`.
+
+        Raises:
+            ValueError: the tensor does not hold exactly those variables.
+        """
+        tensor = np.asarray(tensor)[self.leading_rows.get(name, 0):]
+        sizes = [int(np.prod(s)) for s in shapes]
+        if tensor.size != sum(sizes):
+            raise ValueError(f"{name}: shape {tensor.shape} does not fit "
+                             f"the Keras variables {shapes}.")
+        flat = np.split(np.reshape(tensor, -1), np.cumsum(sizes)[:-1])
+        return [np.reshape(part, shape) for part, shape in zip(flat, shapes)]
+
+
 def _attribute(obj, path):
     return functools.reduce(getattr, path.split("."), obj)
+
+
+def _from_backbone(backbone, path):
+    """A path from the backbone: a layer name, then attributes."""
+    layer, _, rest = path.partition(".")
+    layer = backbone.get_layer(layer)
+    return _attribute(layer, rest) if rest else layer
 
 
 def _experts(block, paths):
     return int(_attribute(block, paths[0].bank).num_experts)
 
 
-def lm_head(backbone):
-    """The untied output embedding variable (`[hidden, vocab]`), or None
-    when the model ties it to the input embedding."""
-    embedding = backbone.get_layer("token_embedding")
-    return None if getattr(embedding, "tie_weights", True) else (
-        embedding.reverse_embeddings)
-
-
-_EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "wpe.weight")
-
-
-def to_hf_tensor(name, values):
-    """One float tensor in transformers' shape, from its Keras variables'
-    numpy values (see the module docstring)."""
-    if name.endswith(_EMBEDDINGS):
-        return values[0]
-    return np.concatenate([np.reshape(v, -1) for v in values])
-
-
-def from_hf_tensor(name, tensor, shapes):
-    """Inverse of `to_hf_tensor`: the values of variables of `shapes`.
-
-    Raises:
-        ValueError: the tensor does not hold exactly those variables.
-    """
-    tensor = np.asarray(tensor)
-    sizes = [int(np.prod(s)) for s in shapes]
-    if tensor.size != sum(sizes):
-        raise ValueError(f"{name}: shape {tensor.shape} does not fit the "
-                         f"Keras variables {shapes}.")
-    flat = np.split(np.reshape(tensor, -1), np.cumsum(sizes)[:-1])
-    return [np.reshape(part, shape) for part, shape in zip(flat, shapes)]
+_EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "wpe.weight",
+               "embed_positions.weight")
 
 
 _ATTENTION = "_self_attention_layer."
@@ -226,6 +239,14 @@ _QWEN_EXPERTS = {  # Qwen-MoE, Qwen3-MoE: gate and up fused in Keras
         Expert(_QWEN_MOE_BANK, "_expert_feedforward_output_dense"),),
 }
 _QWEN_ROUTER = {"mlp.gate": ("mlp._sparse_feedforward_gate_dense",)}
+_OPT_MODULES = {
+    "self_attn.q_proj": (_ATTENTION + "_query_dense",),
+    "self_attn.k_proj": (_ATTENTION + "_key_dense",),
+    "self_attn.v_proj": (_ATTENTION + "_value_dense",),
+    "self_attn.out_proj": (_ATTENTION + "_output_dense",),
+    "fc1": ("_feedforward_intermediate_dense",),
+    "fc2": ("_feedforward_output_dense",),
+}
 _BPE = ("vocab.json", "merges.txt")
 _SENTENCEPIECE = ("tokenizer.model",)
 
@@ -304,6 +325,35 @@ FAMILIES = (
                **_QWEN_EXPERTS,
            }, {**_LLAMA_NORMS, **_QK_NORMS}, _LLAMA_TENSORS, _BPE,
            float_modules=_QWEN_ROUTER),
+    Family("Phi3CausalLM", "phi3", "Phi3ForCausalLM", "model.layers.{i}", {
+        "self_attn.qkv_proj": ("attention.query_dense", "attention.key_dense",
+                               "attention.value_dense"),
+        "self_attn.o_proj": ("attention.output_dense",),
+        "mlp.gate_up_proj": ("feedforward_gate_dense",
+                             "feedforward_intermediate_dense"),
+        "mlp.down_proj": ("feedforward_output_dense",),
+    }, {
+        "input_layernorm.weight": ("pre_attention_layernorm.scale",),
+        "post_attention_layernorm.weight": ("post_attention_layernorm.scale",),
+    }, _LLAMA_TENSORS, _SENTENCEPIECE),
+    Family("OPTCausalLM", "opt", "OPTForCausalLM", "model.decoder.layers.{i}",
+           _OPT_MODULES, {
+               "self_attn_layer_norm.weight": (
+                   "_self_attention_layer_norm.gamma",),
+               "self_attn_layer_norm.bias": ("_self_attention_layer_norm.beta",),
+               "final_layer_norm.weight": ("_feedforward_layer_norm.gamma",),
+               "final_layer_norm.bias": ("_feedforward_layer_norm.beta",),
+               **{f"{name}.bias": (paths[0] + ".bias",)
+                  for name, paths in _OPT_MODULES.items()},
+           }, {
+               "model.decoder.embed_tokens.weight": (
+                   "embeddings.token_embedding.embeddings",),
+               "model.decoder.embed_positions.weight": (
+                   "embeddings.position_embedding.position_embeddings",),
+               "model.decoder.final_layer_norm.weight": ("layer_norm.gamma",),
+               "model.decoder.final_layer_norm.bias": ("layer_norm.beta",),
+           }, _BPE, embedding="embeddings.token_embedding",
+           leading_rows={"model.decoder.embed_positions.weight": 2}),
 )
 
 

@@ -54,7 +54,7 @@ def _load_float(backbone, family, tensors):
     """Assigns every float tensor of the checkpoint to its Keras variables
     (`Family.float_variables`, and an untied lm_head)."""
     table = family.float_variables(backbone)
-    head = families.lm_head(backbone)
+    head = family.lm_head(backbone)
     if head is not None:
         table["lm_head.weight"] = [head]
     for name, variables in table.items():
@@ -64,7 +64,7 @@ def _load_float(backbone, family, tensors):
                 f"The checkpoint has no tensor {name!r}.")
         if name == "lm_head.weight":
             value = value.T
-        values = families.from_hf_tensor(
+        values = family.from_hf_tensor(
             name, value, [tuple(v.shape) for v in variables])
         for variable, part in zip(variables, values):
             variable.assign(part.astype(variable.dtype))
@@ -181,10 +181,10 @@ def load_hf_gptq(folder, dtype=None):
         config, _read_json(folder, "quantize_config.json"))
     family = families.family_of_config(config)
     tensors = _Tensors(folder)
-    backbone_cls = configs.converter(family.model_type).backbone_cls
+    cls = getattr(keras_hub.models, family.causal_lm)
+    backbone_cls = cls.backbone_cls
     backbone = backbone_cls(
         **configs.backbone_kwargs(family.model_type, config), dtype=dtype)
     _load_float(backbone, family, tensors)
     _load_modules(backbone, family, tensors, (bits, group_size, fmt))
-    cls = getattr(keras_hub.models, family.causal_lm)
     return cls(backbone=backbone, preprocessor=_preprocessor(family, folder))

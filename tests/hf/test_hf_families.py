@@ -44,6 +44,8 @@ FAMILIES = {
     "mixtral": ("MixtralCausalLM", "mixtral"),
     "qwen_moe": ("QwenMoeCausalLM", "qwen2_moe"),
     "qwen3_moe": ("Qwen3MoeCausalLM", "qwen3_moe"),
+    "phi3": ("Phi3CausalLM", "phi3"),
+    "opt": ("OPTCausalLM", "opt"),
 }
 
 
@@ -142,6 +144,25 @@ def test_mixtral_experts_are_w1_w3_w2(tmp_path):
         f"model.layers.0.block_sparse_moe.experts.2.w{i}" for i in (1, 2, 3)]
     assert tensors["model.layers.0.block_sparse_moe.experts.2.w2.qweight"
                    ].shape == (128 * 4 // 32, 64)  # down: in 128, out 64
+
+
+def test_phi3_fuses_qkv_and_gate_up(tmp_path):
+    tensors = exported(tmp_path, "phi3")[1]
+    # q 64 + k 32 + v 32 rows; gate 128 + up 128 rows; in = 64 (4 bits).
+    assert tensors["model.layers.0.self_attn.qkv_proj.qweight"].shape == (
+        8, 128)
+    assert tensors["model.layers.0.mlp.gate_up_proj.qweight"].shape == (
+        8, 256)
+    assert "model.layers.0.mlp.up_proj.qweight" not in tensors
+
+
+def test_opt_positions_start_at_row_2(tmp_path):
+    backbone, tensors = exported(tmp_path, "opt")
+    table = tensors["model.decoder.embed_positions.weight"]
+    assert table.shape == (130, 64) and not table[:2].any()
+    np.testing.assert_array_equal(table[2:], variable(
+        backbone, "embeddings/position_embedding/embeddings"))
+    assert "lm_head.weight" not in tensors  # tied
 
 
 def test_gemma3_norms_are_stored_as_keras_holds_them(tmp_path):
