@@ -72,21 +72,13 @@ def _phi3(backbone):
     if backbone.rope_scaling_type is not None:
         raise ValueError("Cannot export a Phi3Backbone with rope scaling "
                          f"({backbone.rope_scaling_type!r}) yet.")
-    return {
-        "model_type": "phi3", "vocab_size": backbone.vocabulary_size,
-        "hidden_size": backbone.hidden_dim,
-        "num_hidden_layers": backbone.num_layers,
-        "num_attention_heads": backbone.num_query_heads,
-        "num_key_value_heads": backbone.num_key_value_heads,
-        "intermediate_size": backbone.intermediate_dim, "hidden_act": "silu",
-        "rms_norm_eps": backbone.layer_norm_epsilon,
-        "rope_theta": backbone.rope_max_wavelength, "rope_scaling": None,
-        "max_position_embeddings": backbone.max_sequence_length,
-        "original_max_position_embeddings": (
-            backbone.pretraining_sequence_length),
-        "tie_word_embeddings": False, "pad_token_id": None,
-        "bos_token_id": 1, "eos_token_id": 32000,
-    }
+    config = _decoder(backbone, "phi3")
+    config.update(
+        rope_scaling=None, max_position_embeddings=(
+            backbone.max_sequence_length),
+        original_max_position_embeddings=backbone.pretraining_sequence_length,
+        pad_token_id=None, bos_token_id=1, eos_token_id=32000)
+    return config
 
 
 def _opt(backbone):
