@@ -4,8 +4,8 @@ Export: KerasHub's own exporter config (`hf_exporter.MODEL_CONFIGS`) where
 it has one, completed with what transformers would otherwise default
 differently; a small function here where it has none. Import: KerasHub's
 converter (`convert_backbone_config`), with the values it assumes read
-from the config instead; a small function here for Phi-3 and OPT, which
-KerasHub 0.32 cannot convert from transformers. Settings a Keras backbone
+from the config instead; a small function here for Phi-3, OPT and Bloom,
+which KerasHub 0.32 cannot convert from transformers. Settings a Keras backbone
 or the transformers architecture cannot express are refused.
 """
 
@@ -24,7 +24,7 @@ CONVERTERS = {  # model_type: KerasHub converter module
 
 def converter(model_type):
     """KerasHub's transformers converter module for `model_type` (not for
-    Phi-3 and OPT)."""
+    Phi-3, OPT and Bloom)."""
     return importlib.import_module(_CONVERTERS + CONVERTERS[model_type])
 
 
@@ -96,7 +96,23 @@ def _opt(backbone):
     }
 
 
-_OWN = {"phi3": _phi3, "opt": _opt}  # families without a KerasHub converter
+def _bloom(backbone):
+    if backbone.intermediate_dim != 4 * backbone.hidden_dim:
+        raise ValueError("BloomForCausalLM's MLP is 4 * hidden_dim wide; "
+                         f"this BloomBackbone's is {backbone.intermediate_dim}.")
+    return {
+        "model_type": "bloom", "vocab_size": backbone.vocabulary_size,
+        "hidden_size": backbone.hidden_dim, "n_layer": backbone.num_layers,
+        "n_head": backbone.num_heads,
+        "layer_norm_epsilon": backbone.layer_norm_epsilon,
+        "apply_residual_connection_post_layernorm": False,
+        "pretraining_tp": 1, "slow_but_exact": False,
+        "tie_word_embeddings": True,
+    }
+
+
+# Families KerasHub 0.32 has no transformers converter for.
+_OWN = {"phi3": _phi3, "opt": _opt, "bloom": _bloom}
 
 
 def _own_backbone_kwargs(model_type, config):
@@ -119,6 +135,16 @@ def _own_backbone_kwargs(model_type, config):
                 "original_max_position_embeddings",
                 config["max_position_embeddings"]),
             rope_max_wavelength=config.get("rope_theta", 10000.0))
+    if model_type == "bloom":
+        if config.get("apply_residual_connection_post_layernorm"):
+            raise ValueError("BloomBackbone adds the residual before the "
+                             "layer norm.")
+        hidden = config.get("hidden_size", config.get("n_embed"))
+        return dict(vocabulary_size=config["vocab_size"],
+                    num_layers=config["n_layer"], num_heads=config["n_head"],
+                    hidden_dim=hidden, intermediate_dim=4 * hidden,
+                    layer_norm_epsilon=config.get("layer_norm_epsilon",
+                                                  1e-5))
     if (not config.get("do_layer_norm_before", True)
             or config.get("word_embed_proj_dim", config["hidden_size"])
             != config["hidden_size"]

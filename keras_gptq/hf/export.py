@@ -9,6 +9,7 @@ folder gives a Keras model with exactly the exported numbers.
 
 import json
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -74,10 +75,10 @@ def _float_tensors(model, family, quantized_modules):
     variables = family.float_variables(backbone)
     head = family.lm_head(backbone)
     tensors = {}
-    for name, parts in variables.items():
+    for name, (parts, heads) in variables.items():
         value = family.to_hf_tensor(name, [np.asarray(
             keras.ops.convert_to_numpy(keras.ops.cast(v, "float32")))
-            for v in parts])
+            for v in parts], heads)
         if name.rsplit(".", 1)[0] in quantized_modules:
             value = value.astype(np.float16)
         tensors[name] = np.ascontiguousarray(value)
@@ -111,8 +112,16 @@ def _write_folder(folder, model, config, tensors, qconfig):
             json.dump(content, f, indent=2)
     tokenizer = getattr(getattr(model, "preprocessor", None), "tokenizer",
                         None)
-    if tokenizer is not None:
+    if tokenizer is None:
+        return
+    if type(tokenizer).__name__ in hf_exporter.MODEL_TOKENIZER_CONFIGS:
         hf_exporter.export_tokenizer(tokenizer, folder)
+    else:
+        warnings.warn(
+            f"The tokenizer is not written: KerasHub cannot export a "
+            f"{type(tokenizer).__name__} to the transformers format. Copy "
+            "the original checkpoint's tokenizer files into the folder.",
+            stacklevel=3)
 
 
 def _check_target(folder, overwrite):

@@ -56,6 +56,17 @@ class Expert:
 
 
 @dataclasses.dataclass(frozen=True)
+class Interleaved:
+    """Layers (or variables) fused head by head, in a module or tensor
+    table: for each of the backbone's `heads` (an attribute name), that
+    head's rows of each path in turn (Bloom's `query_key_value`: q, k, v
+    of head 0, then of head 1, ...)."""
+
+    paths: tuple
+    heads: str = "num_heads"
+
+
+@dataclasses.dataclass(frozen=True)
 class Family:
     """One supported architecture, declared as data.
 
@@ -72,7 +83,8 @@ class Family:
             attribute paths in the block, ...)}`.
         tensors: `{hf tensor name: (keras variable path from the
             backbone, ...)}`; a path starts with a layer name.
-        tokenizer_files: the files a folder needs for the preprocessor.
+        tokenizer_files: the files KerasHub's converter reads to build the
+            preprocessor from a folder; None: it has no converter.
         block_name: the Keras name of block `i` in the backbone.
         transposed_weights: float module weights are stored `[in, out]`
             (GPT-2's Conv1D); quantized ones never are.
@@ -110,6 +122,10 @@ class Family:
         for prefix, block in self._blocks(backbone):
             for name, paths in (self.modules if table is None
                                 else table).items():
+                if isinstance(paths, Interleaved):
+                    found[f"{prefix}.{name}"] = _interleaved_rows(
+                        block, paths, getattr(backbone, paths.heads))
+                    continue
                 count = _experts(block, paths) if "{e}" in name else 1
                 for e in range(count):
                     found[f"{prefix}.{name.format(e=e)}"] = [
@@ -119,14 +135,18 @@ class Family:
         return found
 
     def float_variables(self, backbone):
-        """`{hf tensor name: [keras variables]}` of every float tensor but
-        an untied lm_head (`lm_head`)."""
-        table = {name: [_from_backbone(backbone, p) for p in paths]
+        """`{hf tensor name: ([keras variables], heads)}` of every float
+        tensor but an untied lm_head (`lm_head`); `heads` is 1 unless the
+        variables are `Interleaved`."""
+        table = {name: ([_from_backbone(backbone, p) for p in paths], 1)
                  for name, paths in self.tensors.items()}
         for prefix, block in self._blocks(backbone):
             for name, paths in self.block_tensors.items():
-                table[f"{prefix}.{name}"] = [_attribute(block, p)
-                                             for p in paths]
+                heads = 1
+                if isinstance(paths, Interleaved):
+                    paths, heads = paths.paths, getattr(backbone, paths.heads)
+                table[f"{prefix}.{name}"] = (
+                    [_attribute(block, p) for p in paths], heads)
         return table
 
 
@@ -137,16 +157,18 @@ class Family:
         return None if getattr(embedding, "tie_weights", True) else (
             embedding.reverse_embeddings)
 
-    def to_hf_tensor(self, name, values):
+    def to_hf_tensor(self, name, values, heads=1):
         """One float tensor in transformers' shape, from its Keras
-        variables' numpy values (see the module docstring)."""
+        variables' numpy values (see the module docstring), interleaved
+        by head when `heads > 1`."""
         if not name.endswith(_EMBEDDINGS):
-            return np.concatenate([np.reshape(v, -1) for v in values])
+            return np.concatenate([np.reshape(v, (heads, -1))
+                                   for v in values], axis=1).reshape(-1)
         lead = self.leading_rows.get(name, 0)
         return np.concatenate([np.zeros((lead,) + values[0].shape[1:],
                                         values[0].dtype), values[0]])
 
-    def from_hf_tensor(self, name, tensor, shapes):
+    def from_hf_tensor(self, name, tensor, shapes, heads=1):
         """Inverse of `to_hf_tensor`: the values of variables of `shapes`.
 
         Raises:
@@ -157,8 +179,10 @@ class Family:
         if tensor.size != sum(sizes):
             raise ValueError(f"{name}: shape {tensor.shape} does not fit "
                              f"the Keras variables {shapes}.")
-        flat = np.split(np.reshape(tensor, -1), np.cumsum(sizes)[:-1])
-        return [np.reshape(part, shape) for part, shape in zip(flat, shapes)]
+        per_head = np.split(np.reshape(tensor, (heads, -1)),
+                            np.cumsum(sizes)[:-1] // heads, axis=1)
+        return [np.reshape(part, shape)
+                for part, shape in zip(per_head, shapes)]
 
 
 def _attribute(obj, path):
@@ -172,12 +196,24 @@ def _from_backbone(backbone, path):
     return _attribute(layer, rest) if rest else layer
 
 
+def _interleaved_rows(block, interleaved, heads):
+    """The row parts of an `Interleaved` module: head by head."""
+    found = []
+    for h in range(heads):
+        for path in interleaved.paths:
+            layer = _attribute(block, path)
+            rows = parts_lib.LayerRows(layer).shape()[0] // heads
+            found.append(parts_lib.LayerRows(layer, h * rows,
+                                             (h + 1) * rows))
+    return found
+
+
 def _experts(block, paths):
     return int(_attribute(block, paths[0].bank).num_experts)
 
 
 _EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "wpe.weight",
-               "embed_positions.weight")
+               "embed_positions.weight", "word_embeddings.weight")
 
 
 _ATTENTION = "_self_attention_layer."
@@ -247,7 +283,10 @@ _OPT_MODULES = {
     "fc1": ("_feedforward_intermediate_dense",),
     "fc2": ("_feedforward_output_dense",),
 }
+_BLOOM_QKV = tuple(f"{_ATTENTION}_{k}_dense" for k in ("query", "key",
+                                                       "value"))
 _BPE = ("vocab.json", "merges.txt")
+_TOKENIZER_JSON = ("tokenizer.json",)
 _SENTENCEPIECE = ("tokenizer.model",)
 
 FAMILIES = (
@@ -288,10 +327,10 @@ FAMILIES = (
            _SENTENCEPIECE),
     Family("QwenCausalLM", "qwen2", "Qwen2ForCausalLM", "model.layers.{i}",
            _LLAMA_MODULES, {**_LLAMA_NORMS, **_QKV_BIASES}, _LLAMA_TENSORS,
-           _BPE),
+           _TOKENIZER_JSON),
     Family("Qwen3CausalLM", "qwen3", "Qwen3ForCausalLM", "model.layers.{i}",
            _LLAMA_MODULES, {**_LLAMA_NORMS, **_QK_NORMS}, _LLAMA_TENSORS,
-           _BPE),
+           _TOKENIZER_JSON),
     Family("MixtralCausalLM", "mixtral", "MixtralForCausalLM",
            "model.layers.{i}", {
                **_PLAIN_ATTENTION,
@@ -315,7 +354,7 @@ FAMILIES = (
            }, {**_LLAMA_NORMS, **{
                f"self_attn.{hf}_proj.bias": (f"{_ATTENTION}{k}_dense.bias",)
                for hf, k in (("q", "query"), ("k", "key"), ("v", "value"))}},
-           _LLAMA_TENSORS, _BPE, float_modules={
+           _LLAMA_TENSORS, _TOKENIZER_JSON, float_modules={
                **_QWEN_ROUTER,
                "mlp.shared_expert_gate": ("mlp.shared_expert_gate_dense",)}),
     Family("Qwen3MoeCausalLM", "qwen3_moe", "Qwen3MoeForCausalLM",
@@ -323,7 +362,7 @@ FAMILIES = (
                **{k: v for k, v in _LLAMA_MODULES.items()
                   if k.startswith("self_attn")},
                **_QWEN_EXPERTS,
-           }, {**_LLAMA_NORMS, **_QK_NORMS}, _LLAMA_TENSORS, _BPE,
+           }, {**_LLAMA_NORMS, **_QK_NORMS}, _LLAMA_TENSORS, _TOKENIZER_JSON,
            float_modules=_QWEN_ROUTER),
     Family("Phi3CausalLM", "phi3", "Phi3ForCausalLM", "model.layers.{i}", {
         "self_attn.qkv_proj": ("attention.query_dense", "attention.key_dense",
@@ -335,7 +374,7 @@ FAMILIES = (
     }, {
         "input_layernorm.weight": ("pre_attention_layernorm.scale",),
         "post_attention_layernorm.weight": ("post_attention_layernorm.scale",),
-    }, _LLAMA_TENSORS, _SENTENCEPIECE),
+    }, _LLAMA_TENSORS, None),
     Family("OPTCausalLM", "opt", "OPTForCausalLM", "model.decoder.layers.{i}",
            _OPT_MODULES, {
                "self_attn_layer_norm.weight": (
@@ -352,8 +391,32 @@ FAMILIES = (
                    "embeddings.position_embedding.position_embeddings",),
                "model.decoder.final_layer_norm.weight": ("layer_norm.gamma",),
                "model.decoder.final_layer_norm.bias": ("layer_norm.beta",),
-           }, _BPE, embedding="embeddings.token_embedding",
+           }, None, embedding="embeddings.token_embedding",
            leading_rows={"model.decoder.embed_positions.weight": 2}),
+    Family("BloomCausalLM", "bloom", "BloomForCausalLM", "transformer.h.{i}",
+           {"self_attention.query_key_value": Interleaved(_BLOOM_QKV),
+            "self_attention.dense": (_ATTENTION + "_output_dense",),
+            "mlp.dense_h_to_4h": ("_mlp_intermediate_dense",),
+            "mlp.dense_4h_to_h": ("_mlp_output_dense",)}, {
+               **{f"{hf}.{w}": (f"_{k}.{v}",)
+                  for hf, k in (("input_layernorm", "pre_attention_layernorm"),
+                                ("post_attention_layernorm",
+                                 "post_attention_layernorm"))
+                  for w, v in (("weight", "gamma"), ("bias", "beta"))},
+               "self_attention.query_key_value.bias": Interleaved(
+                   tuple(p + ".bias" for p in _BLOOM_QKV)),
+               "self_attention.dense.bias": (_ATTENTION + "_output_dense.bias",),
+               "mlp.dense_h_to_4h.bias": ("_mlp_intermediate_dense.bias",),
+               "mlp.dense_4h_to_h.bias": ("_mlp_output_dense.bias",),
+           }, {
+               "transformer.word_embeddings.weight": (
+                   "token_embedding.embeddings",),
+               **{f"transformer.{hf}.{w}": (f"{k}.{v}",)
+                  for hf, k in (("word_embeddings_layernorm",
+                                 "embedding_layernorm"),
+                                ("ln_f", "final_layernorm"))
+                  for w, v in (("weight", "gamma"), ("bias", "beta"))},
+           }, None),
 )
 
 

@@ -56,8 +56,8 @@ def _load_float(backbone, family, tensors):
     table = family.float_variables(backbone)
     head = family.lm_head(backbone)
     if head is not None:
-        table["lm_head.weight"] = [head]
-    for name, variables in table.items():
+        table["lm_head.weight"] = ([head], 1)
+    for name, (variables, heads) in table.items():
         value = tensors.get(name)
         if value is None:
             raise hf_format.UnsupportedCheckpointError(
@@ -65,7 +65,7 @@ def _load_float(backbone, family, tensors):
         if name == "lm_head.weight":
             value = value.T
         values = family.from_hf_tensor(
-            name, value, [tuple(v.shape) for v in variables])
+            name, value, [tuple(v.shape) for v in variables], heads)
         for variable, part in zip(variables, values):
             variable.assign(part.astype(variable.dtype))
 
@@ -98,34 +98,29 @@ def _load_float_module(name, module, tensors, transposed):
         part.write_float(weight[a:b])
 
 
-def _write_module(name, module, tensors, settings, banks):
-    """A GPTQ module into its parts (expert rows are collected in
-    `banks`, a `parts.BankWriter`)."""
+def _write_module(name, module, tensors, settings, writer):
+    """A GPTQ module's rows, collected by `writer` (a `parts.Writer`)."""
     bits, group_size, fmt = settings
     stored = {k: tensors.get(f"{name}.{k}") for k in _PARTS}
     q, scale, zero, g_idx = hf_format.from_hf(stored, bits, fmt, group_size,
                                               name=name)
     for part, (a, b) in zip(module, _row_bounds(name, module, q.shape)):
-        packed = parts.Packed(bits, group_size, q[a:b], scale[a:b],
-                              zero[a:b], g_idx)
-        if isinstance(part, parts.ExpertRows):
-            banks.add(part, packed)
-        else:
-            part.write(packed)
+        writer.add(part, parts.Packed(bits, group_size, q[a:b], scale[a:b],
+                                      zero[a:b], g_idx))
 
 
 def _load_modules(backbone, family, tensors, settings):
     """Every linear module: GPTQ ones packed, float ones (and routers)
     into float kernels."""
     modules = family.linear_modules(backbone)
-    banks = parts.BankWriter()
+    writer = parts.Writer()
     for name in sorted(modules):
         if f"{name}.qweight" in tensors.keys():
-            _write_module(name, modules[name], tensors, settings, banks)
+            _write_module(name, modules[name], tensors, settings, writer)
         else:
             _load_float_module(name, modules[name], tensors,
                                family.transposed_weights)
-    banks.write()
+    writer.write()
     for name, module in family.linear_modules(
             backbone, family.float_modules).items():
         _load_float_module(name, module, tensors, False)
@@ -135,8 +130,9 @@ def _preprocessor(family, folder):
     """The CausalLM preprocessor from the folder's tokenizer files, or None
     when the folder has none."""
     cls = getattr(keras_hub.models, family.causal_lm + "Preprocessor")
-    if not all(os.path.isfile(os.path.join(folder, n))
-               for n in family.tokenizer_files):
+    if family.tokenizer_files is None or not all(
+            os.path.isfile(os.path.join(folder, n))
+            for n in family.tokenizer_files):
         return None
     return cls.from_preset(folder)
 

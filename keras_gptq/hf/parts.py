@@ -1,17 +1,16 @@
 """The Keras side of one Hugging Face linear module, read and written as
 `W[out, in]` rows.
 
-A module is one or more parts stacked along `out`: a whole Dense or
-EinsumDense layer (`LayerRows`), or rows of one expert's matrix in an
+A module is one or more parts stacked along `out`: rows of a Dense or
+EinsumDense layer (`LayerRows`; Bloom's fused query_key_value takes each
+head's rows of q, k and v in turn), or rows of one expert's matrix in an
 expert bank (`ExpertRows`; Qwen-MoE keeps each expert's gate and up
 projections as the two halves of one fused matrix). Packed parts give
-`(q, scale, zero, g_idx)`; banks are written whole, once every expert of
-every matrix is known (`BankWriter`).
+`(q, scale, zero, g_idx)`; layers and banks are written whole, once all
+their rows are known (`Writer`).
 """
 
 import dataclasses
-import types
-
 import keras
 import numpy as np
 
@@ -41,9 +40,12 @@ class Packed:
 
 @dataclasses.dataclass(frozen=True)
 class LayerRows:
-    """A whole Dense/EinsumDense layer."""
+    """Rows `[start, stop)` of a Dense/EinsumDense layer's `W[out, in]`;
+    `stop=None`: every row."""
 
     layer: object
+    start: int = 0
+    stop: int = None
 
     @property
     def name(self):
@@ -52,35 +54,41 @@ class LayerRows:
     def is_packed(self):
         return storage.is_packed(self.layer)
 
+    def _layout(self):
+        return (self.layer._gptq_layout if self.is_packed()
+                else layout_lib.layer_layout(self.layer))
+
+    def _rows(self):
+        rows = self._layout().rows
+        return slice(self.start, rows if self.stop is None else self.stop)
+
     def shape(self):
-        """`(rows, columns)` of the layer's `W[out, in]`."""
-        lay = layout_lib.layer_layout(self.layer) if not self.is_packed() else (
-            self.layer._gptq_layout)
-        return lay.rows, lay.columns
+        """`(rows, columns)` of this part."""
+        rows = self._rows()
+        return rows.stop - rows.start, self._layout().columns
 
     def read(self):
-        """The layer's `Packed` arrays."""
+        """The part's `Packed` arrays."""
         policy = storage.layer_policy(self.layer)
-        columns = self.layer._gptq_layout.columns
         q = storage.unpack(_numpy(self.layer.quantized_kernel),
-                           policy.weight_bits, columns)
-        return Packed(policy.weight_bits, policy.group_size, q,
-                      *(_numpy(v) for v in (self.layer.kernel_scale,
-                                            self.layer.kernel_zero,
-                                            self.layer.g_idx)))
+                           policy.weight_bits, self._layout().columns)
+        scale, zero, g_idx = (_numpy(v) for v in (
+            self.layer.kernel_scale, self.layer.kernel_zero,
+            self.layer.g_idx))
+        rows = self._rows()
+        return Packed(policy.weight_bits, policy.group_size, q[rows],
+                      scale[rows], zero[rows], g_idx)
 
     def float_matrix(self):
-        """`W[out, in]` of a float layer."""
-        return layout_lib.layer_layout(self.layer).kernel_to_matrix(
-            _numpy(self.layer._kernel))
+        """The part's rows of a float layer's `W[out, in]`."""
+        return self._layout().kernel_to_matrix(
+            _numpy(self.layer._kernel))[self._rows()]
 
-    def write(self, packed):
-        storage.write_packed(self.layer, types.SimpleNamespace(
-            q=packed.q, scale=packed.scale, zero=packed.zero,
-            g_idx=packed.g_idx), packed.bits, packed.group_size)
-
-    def write_float(self, matrix):
-        lay = layout_lib.layer_layout(self.layer)
+    def write_float(self, rows):
+        """Writes the part's rows of a float layer's `W[out, in]`."""
+        lay = self._layout()
+        matrix = lay.kernel_to_matrix(_numpy(self.layer._kernel))
+        matrix[self._rows()] = rows
         self.layer._kernel.assign(lay.matrix_to_kernel(matrix).astype(
             self.layer._kernel.dtype))
 
@@ -129,50 +137,61 @@ class ExpertRows:
                       scale[rows], zero[rows], g_idx)
 
 
-class BankWriter:
-    """Collects the experts' row pieces of each bank, then packs every bank
-    at once (`storage.write_packed_bank`)."""
+class Writer:
+    """Collects the packed row pieces of each layer and expert bank, then
+    writes every one whole (`storage.write_packed`,
+    `storage.write_packed_bank`)."""
 
     def __init__(self):
-        self._pieces = {}  # id(bank): (bank, {(matrix, expert): [pieces]})
+        self._pieces = {}  # id(target): (target, {key: [(start, Packed)]})
 
     def add(self, part, packed):
-        bank, pieces = self._pieces.setdefault(id(part.bank),
-                                               (part.bank, {}))
-        pieces.setdefault((part.matrix.name, part.expert), []).append(
-            (part.start, packed))
+        """Keeps `packed`, the arrays of `part`'s rows."""
+        if isinstance(part, ExpertRows):
+            target, key = part.bank, (part.matrix.name, part.expert)
+        else:
+            target, key = part.layer, None
+        _, pieces = self._pieces.setdefault(id(target), (target, {}))
+        pieces.setdefault(key, []).append((part.start, packed))
 
     def write(self):
-        """Packs every collected bank.
+        """Packs every collected layer and bank.
 
         Raises:
             ValueError: a bank misses an expert, or the pieces of one
-                expert matrix differ in settings or g_idx.
+                matrix differ in settings or g_idx.
         """
-        for bank, pieces in self._pieces.values():
-            family = experts_lib.BANK_FAMILIES[type(bank)]
-            results, settings = {}, set()
-            for matrix in family.matrices:
-                results[matrix.name] = []
-                for e in range(int(bank.num_experts)):
-                    parts = sorted(pieces.get((matrix.name, e), []),
-                                   key=lambda p: p[0])
-                    if not parts:
-                        raise ValueError(f"{bank.path}: expert {e} of "
-                                         f"{matrix.name} is not quantized.")
-                    results[matrix.name].append(_stack_rows(
-                        f"{bank.path}/{matrix.name}[{e}]",
-                        [p for _, p in parts]))
-                    settings.add((parts[0][1].bits, parts[0][1].group_size))
-            if len(settings) != 1:
-                raise ValueError(f"{bank.path}: its experts use several "
-                                 f"(bits, group_size) settings {settings}.")
-            (bits, group_size), = settings
-            storage.write_packed_bank(bank, family, results, bits,
-                                      group_size)
+        for target, pieces in self._pieces.values():
+            if None in pieces:
+                packed = _stack_rows(target.path, pieces[None])
+                storage.write_packed(target, packed, packed.bits,
+                                     packed.group_size)
+            else:
+                _write_bank(target, pieces)
+
+
+def _write_bank(bank, pieces):
+    family = experts_lib.BANK_FAMILIES[type(bank)]
+    results = {}
+    for matrix in family.matrices:
+        results[matrix.name] = []
+        for e in range(int(bank.num_experts)):
+            if (matrix.name, e) not in pieces:
+                raise ValueError(f"{bank.path}: expert {e} of "
+                                 f"{matrix.name} is not quantized.")
+            results[matrix.name].append(_stack_rows(
+                f"{bank.path}/{matrix.name}[{e}]", pieces[(matrix.name, e)]))
+    settings = {(r.bits, r.group_size) for rs in results.values() for r in rs}
+    if len(settings) != 1:
+        raise ValueError(f"{bank.path}: its experts use several "
+                         f"(bits, group_size) settings {settings}.")
+    (bits, group_size), = settings
+    storage.write_packed_bank(bank, family, results, bits, group_size)
 
 
 def _stack_rows(name, pieces):
+    """One matrix's `Packed` from its `(start row, Packed)` pieces."""
+    pieces = [p for _, p in sorted(pieces, key=lambda piece: piece[0])]
     first = pieces[0]
     for other in pieces[1:]:
         if (other.bits, other.group_size) != (first.bits, first.group_size) \
@@ -181,10 +200,9 @@ def _stack_rows(name, pieces):
                 f"{name} is one Keras matrix made of several checkpoint "
                 "modules (e.g. gate_proj and up_proj), which were quantized "
                 "with different settings or column orders (g_idx).")
-    return types.SimpleNamespace(
-        q=np.concatenate([p.q for p in pieces]),
-        scale=np.concatenate([p.scale for p in pieces]),
-        zero=np.concatenate([p.zero for p in pieces]), g_idx=first.g_idx)
+    return Packed(first.bits, first.group_size,
+                  *(np.concatenate([getattr(p, k) for p in pieces])
+                    for k in ("q", "scale", "zero")), first.g_idx)
 
 
 def stack(name, parts):

@@ -76,11 +76,13 @@ def pack_randomly(model, bits, group_size, sym, act_order, seed=0,
 
 # Widths that are multiples of 32, as the format packs 32 levels a word
 # (`helpers.families` gives Gemma and Gemma 3 a hidden size of 48), and
-# Gemma 3's post norms, which transformers' Gemma 3 always has.
+# what the transformers architectures fix: Gemma 3's post norms, Bloom's
+# 4 * hidden MLP.
 HF_TINY = {
     "gemma": dict(hidden_dim=64, intermediate_dim=128, head_dim=16),
     "gemma3": dict(hidden_dim=64, intermediate_dim=128, head_dim=32,
                    use_post_ffw_norm=True, use_post_attention_norm=True),
+    "bloom": dict(intermediate_dim=256),  # transformers: 4 * hidden
 }
 
 

@@ -46,6 +46,7 @@ FAMILIES = {
     "qwen3_moe": ("Qwen3MoeCausalLM", "qwen3_moe"),
     "phi3": ("Phi3CausalLM", "phi3"),
     "opt": ("OPTCausalLM", "opt"),
+    "bloom": ("BloomCausalLM", "bloom"),
 }
 
 
@@ -163,6 +164,30 @@ def test_opt_positions_start_at_row_2(tmp_path):
     np.testing.assert_array_equal(table[2:], variable(
         backbone, "embeddings/position_embedding/embeddings"))
     assert "lm_head.weight" not in tensors  # tied
+
+
+def test_bloom_query_key_value_interleaves_heads(tmp_path):
+    """Rows of head h: its q, then k, then v rows (transformers views the
+    output as `[heads, 3, head_dim]`); the bias the same way."""
+    model = packed_model("bloom", 8, -1, sym=True, act_order=False)
+    keras_gptq.export_hf(model, tmp_path / "b")
+    tensors = read_folder(tmp_path / "b")[1]
+    name = "transformer.h.1.self_attention.query_key_value"
+    weight = hf_spec.dequantize(*(tensors[f"{name}.{k}"] for k in (
+        "qweight", "qzeros", "scales", "g_idx")), 8, "gptq")
+    attention = model.backbone.get_layer(
+        "transformer_layer_1")._self_attention_layer
+    layers = [getattr(attention, f"_{k}_dense")
+              for k in ("query", "key", "value")]
+    kernels = [keras.ops.convert_to_numpy(packed_layer.dequantized_kernel(
+        layer)) for layer in layers]  # [hidden, heads, head_dim]
+    want = np.stack([k.transpose(1, 2, 0) for k in kernels], axis=1)
+    np.testing.assert_allclose(weight, want.reshape(192, 64), rtol=1e-6,
+                               atol=1e-7)
+    biases = np.stack([keras.ops.convert_to_numpy(layer.bias)
+                       for layer in layers], axis=1)  # [heads, 3, head_dim]
+    np.testing.assert_array_equal(tensors[f"{name}.bias"],
+                                  biases.reshape(-1).astype(np.float16))
 
 
 def test_gemma3_norms_are_stored_as_keras_holds_them(tmp_path):
