@@ -144,8 +144,12 @@ def export_hf(model, folder, checkpoint_format="gptq", damp_percent=0.01,
     failure never leaves a half-written folder.
 
     Args:
-        model: a `Llama3CausalLM` or `GPT2CausalLM` whose transformer blocks
-            were quantized by `keras_gptq.quantize` (one bits/group size).
+        model: a KerasHub CausalLM of a family in `hf.families.FAMILIES`
+            (Llama 3, GPT-2, Gemma, Gemma 3, Mistral, Qwen2, Qwen3,
+            Mixtral, Qwen-MoE, Qwen3-MoE, Phi-3, OPT, Bloom) whose
+            transformer blocks (expert banks included) were quantized by
+            `keras_gptq.quantize` with one bits/group size; MoE routers
+            stay float.
         folder: the output folder.
         checkpoint_format: `"gptq"` (v1: stores zero - 1; read by vLLM,
             transformers and GPTQModel, which however refuse *asymmetric*

@@ -148,13 +148,19 @@ def load_hf_gptq(folder, dtype=None):
 
     Args:
         folder: a folder written by `export_hf`, AutoGPTQ, GPTQModel or
-            optimum, for a Llama-family (`LlamaForCausalLM`) or GPT-2
-            (`GPT2LMHeadModel`) model.
+            optimum, of an architecture in `hf.families.FAMILIES`
+            (`LlamaForCausalLM`, `GPT2LMHeadModel`, `GemmaForCausalLM`,
+            `Gemma3ForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM`,
+            `Qwen3ForCausalLM`, `MixtralForCausalLM`,
+            `Qwen2MoeForCausalLM`, `Qwen3MoeForCausalLM`,
+            `Phi3ForCausalLM`, `OPTForCausalLM`, `BloomForCausalLM`).
         dtype: optional Keras dtype policy for the float parts.
 
     Returns:
-        A `Llama3CausalLM` or `GPT2CausalLM`; its preprocessor is built from
-        the folder's tokenizer files (None when there are none).
+        The family's KerasHub CausalLM; its preprocessor is built from the
+        folder's tokenizer files by KerasHub's converter (None when there
+        are none, and for Phi-3, OPT and Bloom, which KerasHub cannot
+        convert).
 
     Raises:
         ValueError: an unsupported architecture (names the supported ones)
