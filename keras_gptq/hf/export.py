@@ -49,8 +49,10 @@ def _quantized_tensors(model, family, checkpoint_format):
     settings = {(a.bits, a.group_size) for a in arrays.values()}
     if len(settings) != 1:
         raise ValueError(
-            f"The layers use several (bits, group_size) settings {settings}; "
-            "the format's quantization_config holds one.")
+            f"The layers use several (bits, group_size) settings {settings} "
+            "(per-layer `overrides`); export_hf writes one "
+            "quantization_config and does not write GPTQModel's per-module "
+            "`dynamic` yet.")
     (bits, group_size), = settings
     fmt = _choose_format(checkpoint_format, arrays)
     tensors = {}

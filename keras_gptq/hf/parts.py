@@ -218,8 +218,9 @@ def stack(name, parts):
             raise ValueError(
                 f"Layer {part.name!r} is not quantized by keras_gptq; "
                 "export_hf needs every linear module of the transformer "
-                "blocks quantized (run keras_gptq.quantize without "
-                "`filters`).")
+                "blocks quantized: it does not write float modules into a "
+                "GPTQ checkpoint (GPTQModel's `dynamic` '-:' entries) yet. "
+                "Quantize without `filters` or skipping `overrides`.")
     packed = [part.read() for part in parts]
     first = packed[0]
     for other in packed[1:]:
