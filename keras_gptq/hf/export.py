@@ -7,6 +7,7 @@ and the biases of quantized modules become float16, as the format demands
 folder gives a Keras model with exactly the exported numbers.
 """
 
+import collections
 import json
 import os
 import warnings
@@ -42,32 +43,43 @@ def _symmetric(arrays):
 
 
 def _quantized_tensors(model, family, checkpoint_format):
-    """`(tensors, quantization_config settings)` of the packed modules."""
+    """`(tensors, quantization_config settings, quantized module names)`.
+
+    Modules whose layers are all float (skipped by `filters` or
+    `overrides`) are written as a float `weight` with a '-:' `dynamic`
+    entry; modules quantized with other settings than the most common ones
+    get a '+:' entry.
+    """
     modules = family.linear_modules(model.backbone)
+    skipped = {name for name, module in modules.items()
+               if not any(part.is_packed() for part in module)}
+    if skipped == set(modules):
+        parts.stack(*next(iter(modules.items())))  # raises: not quantized
     arrays = {name: parts.stack(name, module)
-              for name, module in modules.items()}
-    settings = {(a.bits, a.group_size) for a in arrays.values()}
-    if len(settings) != 1:
-        raise ValueError(
-            f"The layers use several (bits, group_size) settings {settings} "
-            "(per-layer `overrides`); export_hf writes one "
-            "quantization_config and does not write GPTQModel's per-module "
-            "`dynamic` yet.")
-    (bits, group_size), = settings
+              for name, module in modules.items() if name not in skipped}
+    settings = {name: (a.bits, a.group_size) for name, a in arrays.items()}
+    (bits, group_size), _ = collections.Counter(
+        settings.values()).most_common(1)[0]
     fmt = _choose_format(checkpoint_format, arrays)
     tensors = {}
     for name, a in arrays.items():
         try:
-            packed = hf_format.to_hf(a.q, a.scale, a.zero, a.g_idx, bits, fmt)
+            packed = hf_format.to_hf(a.q, a.scale, a.zero, a.g_idx, a.bits,
+                                     fmt)
         except hf_format.UnsupportedCheckpointError as err:
             raise hf_format.UnsupportedCheckpointError(f"{name}: {err}") from None
         tensors.update({f"{name}.{k}": v for k, v in packed.items()})
+    for name in skipped:
+        weight = np.concatenate([p.float_matrix() for p in modules[name]])
+        tensors[f"{name}.weight"] = np.ascontiguousarray(
+            weight.T if family.transposed_weights else weight)
     config = dict(
         bits=bits, group_size=group_size, checkpoint_format=fmt,
-        desc_act=not all(grid.has_contiguous_groups(a.g_idx, group_size)
+        desc_act=not all(grid.has_contiguous_groups(a.g_idx, a.group_size)
                          for a in arrays.values()),
-        sym=_symmetric(arrays))
-    return tensors, config, set(modules)
+        sym=_symmetric(arrays), dynamic=hf_format.dynamic_entries(
+            settings, (bits, group_size), skipped))
+    return tensors, config, set(arrays)
 
 
 def _float_tensors(model, family, quantized_modules):

@@ -100,7 +100,12 @@ def _load_float_module(name, module, tensors, transposed):
 
 def _write_module(name, module, tensors, settings, writer):
     """A GPTQ module's rows, collected by `writer` (a `parts.Writer`)."""
-    bits, group_size, fmt = settings
+    bits, group_size, fmt, dynamic = settings
+    own = hf_format.module_settings(dynamic, name, (bits, group_size))
+    if own is None:
+        raise hf_format.UnsupportedCheckpointError(
+            f"{name} has a qweight, but `dynamic` keeps it float.")
+    bits, group_size = own
     stored = {k: tensors.get(f"{name}.{k}") for k in _PARTS}
     q, scale, zero, g_idx = hf_format.from_hf(stored, bits, fmt, group_size,
                                               name=name)
@@ -144,7 +149,8 @@ def load_hf_gptq(folder, dtype=None):
     and every `*.safetensors` file. v1 (`checkpoint_format="gptq"`, zero
     points stored minus one) and v2 (`"gptq_v2"`), symmetric and asymmetric
     grids, act-order `g_idx`, 2/3/4/8 bits and `group_size=-1` all load.
-    Modules stored unquantized (`weight` instead of `qweight`) stay float.
+    Modules stored unquantized (`weight` instead of `qweight`) stay float;
+    GPTQModel's per-module `dynamic` bits and group sizes are read.
 
     Args:
         folder: a folder written by `export_hf`, AutoGPTQ, GPTQModel or
@@ -179,8 +185,10 @@ def load_hf_gptq(folder, dtype=None):
     config = _read_json(folder, "config.json")
     if config is None:
         raise FileNotFoundError(f"{folder!r} has no config.json.")
-    bits, group_size, fmt = hf_format.read_quantization_config(
-        config, _read_json(folder, "quantize_config.json"))
+    fallback = _read_json(folder, "quantize_config.json")
+    bits, group_size, fmt = hf_format.read_quantization_config(config,
+                                                               fallback)
+    dynamic = (config.get("quantization_config") or fallback).get("dynamic")
     family = families.family_of_config(config)
     tensors = _Tensors(folder)
     cls = getattr(keras_hub.models, family.causal_lm)
@@ -188,5 +196,6 @@ def load_hf_gptq(folder, dtype=None):
     backbone = backbone_cls(
         **configs.backbone_kwargs(family.model_type, config), dtype=dtype)
     _load_float(backbone, family, tensors)
-    _load_modules(backbone, family, tensors, (bits, group_size, fmt))
+    _load_modules(backbone, family, tensors,
+                  (bits, group_size, fmt, dynamic))
     return cls(backbone=backbone, preprocessor=_preprocessor(family, folder))

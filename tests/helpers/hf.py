@@ -121,7 +121,8 @@ def spec_float_tensors(folder):
         weight = hf_spec.dequantize(
             tensors.pop(f"{name}.qweight"), tensors.pop(f"{name}.qzeros"),
             tensors.pop(f"{name}.scales"), tensors.pop(f"{name}.g_idx"),
-            qc["bits"], qc["checkpoint_format"]).astype(np.float32)
+            hf_spec.module_bits(qc, name),
+            qc["checkpoint_format"]).astype(np.float32)
         out[f"{name}.weight"] = weight.T if (
             config["model_type"] == "gpt2") else weight
     out.update({k: v.astype(np.float32) for k, v in tensors.items()})
