@@ -18,7 +18,8 @@ An untied `lm_head.weight` is the embedding's `reverse_embeddings`,
 transposed. Names and layouts are those of KerasHub's own converters
 (`keras_hub/src/utils/transformers/convert_*.py`).
 
-The float `config.json` comes from `hf/configs.py`.
+The float `config.json` comes from `hf/configs.py`. Most of this module is
+the table itself (`FAMILIES`), one entry per family.
 """
 
 import dataclasses
