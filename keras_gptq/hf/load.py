@@ -91,10 +91,6 @@ def _load_float_module(name, module, tensors, transposed):
             f"The checkpoint has neither {name}.qweight nor {name}.weight.")
     weight = weight.T if transposed else weight
     for part, (a, b) in zip(module, _row_bounds(name, module, weight.shape)):
-        if not hasattr(part, "write_float"):
-            raise hf_format.UnsupportedCheckpointError(
-                f"{name}: a float expert in a GPTQ checkpoint; keras_gptq "
-                "loads expert banks quantized whole.")
         part.write_float(weight[a:b])
 
 

@@ -125,6 +125,20 @@ class ExpertRows:
         rows = self._rows()
         return rows.stop - rows.start, self._full_shape()[1]
 
+    def float_matrix(self):
+        """The part's rows of a float bank's expert matrix `W[out, in]`."""
+        kernel = _numpy(getattr(self.bank, self.matrix.name))
+        return self.matrix.expert_matrix(kernel, self.expert)[self._rows()]
+
+    def write_float(self, rows):
+        """Writes the part's rows of a float bank's expert matrix."""
+        variable = getattr(self.bank, self.matrix.name)
+        kernel = _numpy(variable).copy()
+        W = self.matrix.expert_matrix(kernel, self.expert)
+        W[self._rows()] = rows
+        kernel[self.expert] = W.T if self.matrix.layout == "e_in_out" else W
+        variable.assign(kernel.astype(variable.dtype))
+
     def read(self):
         policy = policy_lib.packed_policy(self.bank)
         columns = self._full_shape()[1]

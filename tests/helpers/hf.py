@@ -46,9 +46,9 @@ def _random_result(rng, rows, columns, bits, group_size, sym, act_order,
 
 
 def pack_randomly(model, bits, group_size, sym, act_order, seed=0,
-                  fp16_scales=True, zero_low=1):
+                  fp16_scales=True, zero_low=1, skip=None):
     """Puts random packed GPTQ weights into every block layer and expert
-    bank.
+    bank (but those whose path contains `skip`).
 
     Matrices with the same number of input columns share one act-order
     permutation (as q, k and v do when they share a Hessian). Zero points
@@ -57,11 +57,15 @@ def pack_randomly(model, bits, group_size, sym, act_order, seed=0,
     rng = np.random.default_rng(seed)
     settings = (bits, group_size, sym, act_order, fp16_scales, zero_low)
     for layer in block_layers(model):
+        if skip and skip in layer.path:
+            continue
         lay = layout.layer_layout(layer)
         storage.write_packed(layer, _random_result(
             rng, lay.rows, lay.columns, *settings), bits, group_size)
     for block in structure.sequential_blocks(model):
         for moe in structure.target_banks(block):
+            if skip and skip in moe.bank.path:
+                continue
             results = {}
             for matrix in moe.family.matrices:
                 experts, a, b = getattr(moe.bank, matrix.name).shape

@@ -138,6 +138,26 @@ def test_qwen_moe_experts_split_the_fused_gate_up_matrix(tmp_path):
     assert len(quantized_modules(tensors)) == 2 * (7 + 4 * 3)
 
 
+def test_a_float_expert_bank_travels_as_float_weights(tmp_path):
+    """A bank left float (per-layer `overrides`) is written as float
+    expert weights with `dynamic` '-:' entries, and read back."""
+    model = packed_model("qwen3_moe", 4, 32, sym=True, act_order=False,
+                         skip="transformer_layer_1/sparse_moe_block")
+    keras_gptq.export_hf(model, tmp_path / "a")
+    config, tensors = read_folder(tmp_path / "a")
+    name = "model.layers.1.mlp.experts.2.up_proj"
+    assert tensors[f"{name}.weight"].shape == (32, 64)
+    assert config["quantization_config"]["dynamic"][
+        "-:^" + name.replace(".", "\\.") + "$"] == {}
+    again = keras_gptq.load_hf_gptq(tmp_path / "a")
+    want, got = numpy_weights(model), numpy_weights(again)
+    for path in want:
+        np.testing.assert_array_equal(got[path], want[path], err_msg=path)
+    keras_gptq.export_hf(again, tmp_path / "b")
+    for name, value in read_folder(tmp_path / "b")[1].items():
+        np.testing.assert_array_equal(value, tensors[name], err_msg=name)
+
+
 def test_mixtral_experts_are_w1_w3_w2(tmp_path):
     tensors = exported(tmp_path, "mixtral")[1]
     assert [m for m in quantized_modules(tensors)
