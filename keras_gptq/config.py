@@ -12,6 +12,8 @@ import typing
 
 import keras
 
+from keras_gptq import layer_settings
+
 SUPPORTED_BITS = (2, 3, 4, 8)  # every bit width keras_gptq packs and exports
 # Weight of each calibration window's first position (the attention sink)
 # in the Hessians; measured in benchmarks/sink_weight.py.
@@ -158,6 +160,8 @@ _VALIDATORS = {
     "add_start_token": check_add_start_token,
     "quantize_router": _check_bool,
     "sink_weight": _check_weight,
+    "overrides": lambda name, value: layer_settings.check(
+        name, value, _VALIDATORS),
 }
 # Calibration-time objects: not serialized (stored as None, as Keras does).
 _NOT_SERIALIZED = ("dataset", "tokenizer", "quantization_layer_structure")
@@ -232,6 +236,12 @@ class GPTQConfig:
             (the Dense layers that score the experts, and Qwen-MoE's shared
             expert gate). Off by default: they are tiny, and a rounding
             error there changes which experts a token reaches.
+        overrides: per-layer settings, `{regex: {"weight_bits": 8,
+            "group_size": 64, ...} or None}`: the first regex found in a
+            layer's path sets its `weight_bits`, `group_size`,
+            `symmetric`, `activation_order`, `hessian_damping`, `mse` or
+            `static_groups`, or skips it (None). GPTQModel's `dynamic`
+            spelling is accepted (`layer_settings.py`).
 
     Raises:
         TypeError, ValueError: for any argument outside its domain; the
@@ -270,6 +280,7 @@ class GPTQConfig:
     add_start_token: typing.Any = "auto"
     quantize_router: bool = False
     sink_weight: float = SINK_WEIGHT_DEFAULT
+    overrides: dict = None
 
     version: typing.ClassVar[int] = CONFIG_VERSION
 
@@ -286,6 +297,15 @@ class GPTQConfig:
     def mode(self):
         """The quantization mode this config applies: always `"gptq"`."""
         return "gptq"
+
+    def for_layer(self, path):
+        """The config of the layer (or expert bank) at `path`, with its
+        `overrides` applied; None when they skip it."""
+        settings = layer_settings.lookup(self.overrides, path)
+        if settings is None:
+            return None
+        return dataclasses.replace(self, overrides=None, **settings) if (
+            settings) else self
 
     def dtype_policy_string(self):
         """Returns the Keras dtype-policy mode string, e.g. `"gptq/4/128"`."""

@@ -15,7 +15,9 @@ def add_parser(subparsers, parent):
     p = subparsers.add_parser(
         "export-hf", parents=[parent],
         help="write a quantized preset as a Hugging Face GPTQ folder.",
-        description="Write a keras_gptq-quantized Llama 3 or GPT-2 model as "
+        description="Write a keras_gptq-quantized KerasHub model (Llama 3, "
+                    "GPT-2, Gemma, Gemma 3, Mistral, Qwen2, Qwen3, Mixtral, "
+                    "Qwen-MoE, Qwen3-MoE, Phi-3, OPT, Bloom) as "
                     "a Hugging Face GPTQ folder (config.json, "
                     "model.safetensors, tokenizer) for transformers/vLLM.")
     p.add_argument("preset", metavar="PRESET_OR_FOLDER",
@@ -34,8 +36,8 @@ def add_parser(subparsers, parent):
         "import-hf", parents=[parent],
         help="load a Hugging Face GPTQ folder and save it as a preset.",
         description="Load a Hugging Face GPTQ checkpoint (AutoGPTQ, "
-                    "GPTQModel, optimum, export-hf) of a Llama-family or "
-                    "GPT-2 model and save it as a KerasHub preset.")
+                    "GPTQModel, optimum, export-hf) of a supported family "
+                    "(see export-hf) and save it as a KerasHub preset.")
     p.add_argument("folder", metavar="HF_FOLDER",
                    help="folder with config.json and *.safetensors.")
     p.add_argument("--out", required=True, metavar="PRESET_DIR",

@@ -7,53 +7,21 @@ and the biases of quantized modules become float16, as the format demands
 folder gives a Keras model with exactly the exported numbers.
 """
 
+import collections
 import json
 import os
+import warnings
 
 import keras
 import numpy as np
 from keras_hub.src.utils.transformers.export import hf_exporter
 
-from keras_gptq import storage
 from keras_gptq.algorithm import grid
+from keras_gptq.hf import configs
 from keras_gptq.hf import families
 from keras_gptq.hf import format as hf_format
+from keras_gptq.hf import parts
 from keras_gptq.utils.files import write_folder_atomically
-
-
-def _layer_arrays(layer):
-    """`(bits, group_size, q, scale, zero, g_idx)` of a packed layer."""
-    if not storage.is_packed(layer):
-        raise ValueError(
-            f"Layer {layer.path!r} is not quantized by keras_gptq; "
-            "export_hf needs every Dense/EinsumDense of the transformer "
-            "blocks quantized (run keras_gptq.quantize without `filters`).")
-    policy = storage.layer_policy(layer)
-    columns = layer._gptq_layout.columns
-    q = storage.unpack(keras.ops.convert_to_numpy(layer.quantized_kernel),
-                       policy.weight_bits, columns)
-    return (policy.weight_bits, policy.group_size, q,
-            *(keras.ops.convert_to_numpy(v) for v in (
-                layer.kernel_scale, layer.kernel_zero, layer.g_idx)))
-
-
-def _module_arrays(name, layers):
-    """One HF module's arrays; fused parts are stacked along `out`."""
-    parts = [_layer_arrays(layer) for layer in layers]
-    bits, group_size, _, _, _, g_idx = parts[0]
-    for other in parts[1:]:
-        if other[:2] != (bits, group_size):
-            raise ValueError(f"{name}: its fused parts have different bits "
-                             "or group sizes.")
-        if not np.array_equal(other[5], g_idx):
-            raise ValueError(
-                f"{name} fuses {[l.path for l in layers]}, which were "
-                "quantized with different column orders (g_idx), so they "
-                "cannot share the one g_idx of the fused module. Quantize "
-                "them with activation_order=False, or so that they share "
-                "one Hessian.")
-    stack = [np.concatenate([p[i] for p in parts], axis=0) for i in (2, 3, 4)]
-    return bits, group_size, (*stack, g_idx)
 
 
 def _choose_format(checkpoint_format, arrays):
@@ -71,54 +39,79 @@ def _choose_format(checkpoint_format, arrays):
 
 def _symmetric(arrays):
     """True when every zero point is the middle level (a symmetric grid)."""
-    bits = {a[0] for a in arrays.values()}.pop()
-    return all(np.all(a[3] == 1 << (bits - 1)) for a in arrays.values())
+    return all(np.all(a.zero == 1 << (a.bits - 1)) for a in arrays.values())
 
 
 def _quantized_tensors(model, family, checkpoint_format):
-    """`(tensors, quantization_config settings)` of the packed modules."""
+    """`(tensors, quantization_config settings, quantized module names)`.
+
+    Modules whose layers are all float (skipped by `filters` or
+    `overrides`) are written as a float `weight` with a '-:' `dynamic`
+    entry; modules quantized with other settings than the most common ones
+    get a '+:' entry.
+    """
     modules = family.linear_modules(model.backbone)
-    arrays, settings = {}, set()
-    for name, layers in modules.items():
-        bits, group_size, module = _module_arrays(name, layers)
-        arrays[name] = (bits, *module)
-        settings.add((bits, group_size))
-    if len(settings) != 1:
-        raise ValueError(
-            f"The layers use several (bits, group_size) settings {settings}; "
-            "the format's quantization_config holds one.")
-    (bits, group_size), = settings
+    skipped = {name for name, module in modules.items()
+               if not any(part.is_packed() for part in module)}
+    if skipped == set(modules):
+        parts.stack(*next(iter(modules.items())))  # raises: not quantized
+    arrays = {name: parts.stack(name, module)
+              for name, module in modules.items() if name not in skipped}
+    settings = {name: (a.bits, a.group_size) for name, a in arrays.items()}
+    (bits, group_size), _ = collections.Counter(
+        settings.values()).most_common(1)[0]
     fmt = _choose_format(checkpoint_format, arrays)
     tensors = {}
-    for name, (_, q, scale, zero, g_idx) in arrays.items():
+    for name, a in arrays.items():
         try:
-            packed = hf_format.to_hf(q, scale, zero, g_idx, bits, fmt)
+            packed = hf_format.to_hf(a.q, a.scale, a.zero, a.g_idx, a.bits,
+                                     fmt)
         except hf_format.UnsupportedCheckpointError as err:
             raise hf_format.UnsupportedCheckpointError(f"{name}: {err}") from None
         tensors.update({f"{name}.{k}": v for k, v in packed.items()})
+    for name in skipped:
+        weight = np.concatenate([p.float_matrix() for p in modules[name]])
+        tensors[f"{name}.weight"] = np.ascontiguousarray(
+            weight.T if family.transposed_weights else weight)
     config = dict(
         bits=bits, group_size=group_size, checkpoint_format=fmt,
-        desc_act=not all(grid.has_contiguous_groups(a[4], group_size)
+        desc_act=not all(grid.has_contiguous_groups(a.g_idx, a.group_size)
                          for a in arrays.values()),
-        sym=_symmetric(arrays))
-    return tensors, config, set(modules)
+        sym=_symmetric(arrays), dynamic=hf_format.dynamic_entries(
+            settings, (bits, group_size), skipped))
+    return tensors, config, set(arrays)
 
 
-def _float_tensors(model, quantized_modules):
+def _float_tensors(model, family, quantized_modules):
+    """`{hf name: numpy}` of the float tensors (float32; the biases of
+    quantized modules float16, as the format stores them)."""
+    backbone = model.backbone
+    variables = family.float_variables(backbone)
+    head = family.lm_head(backbone)
     tensors = {}
-    for name, value in families.float_tensors(model).items():
-        module, kind = name.rsplit(".", 1)
-        if module in quantized_modules and kind == "weight":
-            continue
-        value = np.asarray(keras.ops.convert_to_numpy(
-            keras.ops.cast(value, "float32")))
-        if module in quantized_modules:  # a quantized module's bias
+    for name, (parts, heads) in variables.items():
+        value = family.to_hf_tensor(name, [np.asarray(
+            keras.ops.convert_to_numpy(keras.ops.cast(v, "float32")))
+            for v in parts], heads)
+        if name.rsplit(".", 1)[0] in quantized_modules:
             value = value.astype(np.float16)
         tensors[name] = np.ascontiguousarray(value)
+    for name, module in family.linear_modules(
+            backbone, family.float_modules).items():
+        if any(part.is_packed() for part in module):
+            raise ValueError(
+                f"{name} is quantized, but the format keeps it float "
+                "(mixture-of-experts routers): quantize with "
+                "quantize_router=False.")
+        tensors[f"{name}.weight"] = np.ascontiguousarray(np.concatenate(
+            [part.float_matrix() for part in module]))
+    if head is not None:
+        tensors["lm_head.weight"] = np.ascontiguousarray(np.asarray(
+            keras.ops.convert_to_numpy(keras.ops.cast(head, "float32"))).T)
     return tensors
 
 
-def _write_folder(folder, model, family, tensors, qconfig):
+def _write_folder(folder, model, config, tensors, qconfig):
     from safetensors.numpy import save_file
 
     from keras_gptq import __version__
@@ -126,7 +119,6 @@ def _write_folder(folder, model, family, tensors, qconfig):
     save_file(tensors, os.path.join(folder, "model.safetensors"),
               metadata={"format": "pt"})
     settings = hf_format.quantization_config(version=__version__, **qconfig)
-    config = families.hf_config(model, family)
     config["quantization_config"] = settings
     for name, content in (("config.json", config),
                           ("quantize_config.json", settings)):
@@ -134,8 +126,16 @@ def _write_folder(folder, model, family, tensors, qconfig):
             json.dump(content, f, indent=2)
     tokenizer = getattr(getattr(model, "preprocessor", None), "tokenizer",
                         None)
-    if tokenizer is not None:
+    if tokenizer is None:
+        return
+    if type(tokenizer).__name__ in hf_exporter.MODEL_TOKENIZER_CONFIGS:
         hf_exporter.export_tokenizer(tokenizer, folder)
+    else:
+        warnings.warn(
+            f"The tokenizer is not written: KerasHub cannot export a "
+            f"{type(tokenizer).__name__} to the transformers format. Copy "
+            "the original checkpoint's tokenizer files into the folder.",
+            stacklevel=3)
 
 
 def _check_target(folder, overwrite):
@@ -158,8 +158,12 @@ def export_hf(model, folder, checkpoint_format="gptq", damp_percent=0.01,
     failure never leaves a half-written folder.
 
     Args:
-        model: a `Llama3CausalLM` or `GPT2CausalLM` whose transformer blocks
-            were quantized by `keras_gptq.quantize` (one bits/group size).
+        model: a KerasHub CausalLM of a family in `hf.families.FAMILIES`
+            (Llama 3, GPT-2, Gemma, Gemma 3, Mistral, Qwen2, Qwen3,
+            Mixtral, Qwen-MoE, Qwen3-MoE, Phi-3, OPT, Bloom) whose
+            transformer blocks (expert banks included) were quantized by
+            `keras_gptq.quantize` with one bits/group size; MoE routers
+            stay float.
         folder: the output folder.
         checkpoint_format: `"gptq"` (v1: stores zero - 1; read by vLLM,
             transformers and GPTQModel, which however refuse *asymmetric*
@@ -192,10 +196,11 @@ def export_hf(model, folder, checkpoint_format="gptq", damp_percent=0.01,
     family = families.family_of_model(model)
     folder = os.path.abspath(os.fspath(folder))
     _check_target(folder, overwrite)
+    config = configs.hf_config(model, family)
     tensors, qconfig, modules = _quantized_tensors(model, family,
                                                    checkpoint_format)
-    tensors.update(_float_tensors(model, modules))
+    tensors.update(_float_tensors(model, family, modules))
     qconfig.update(damp_percent=damp_percent, true_sequential=true_sequential)
     write_folder_atomically(folder, lambda staging: _write_folder(
-        staging, model, family, tensors, qconfig))
+        staging, model, config, tensors, qconfig))
     return folder

@@ -27,6 +27,8 @@ Everything here works on plain numpy arrays: no layers, no model.
 """
 
 
+import re
+
 import numpy as np
 
 from keras_gptq.algorithm import grid
@@ -166,12 +168,14 @@ def from_hf(tensors, bits, checkpoint_format, group_size, name="module"):
 
 def quantization_config(bits, group_size, desc_act, sym, checkpoint_format,
                         damp_percent=0.01, true_sequential=True,
-                        static_groups=False, version="unknown"):
+                        static_groups=False, version="unknown",
+                        dynamic=None):
     """Returns the `quantization_config` dict of `config.json`.
 
-    `quantize_config.json` (AutoGPTQ/GPTQModel) holds the same dict.
+    `quantize_config.json` (AutoGPTQ/GPTQModel) holds the same dict;
+    `dynamic` (per-module settings, see `dynamic_entries`) only when given.
     """
-    return {
+    config = {
         "quant_method": "gptq",
         "bits": int(bits),
         "group_size": int(group_size),
@@ -185,6 +189,54 @@ def quantization_config(bits, group_size, desc_act, sym, checkpoint_format,
         "lm_head": False,
         "meta": {"quantizer": [f"keras_gptq:{version}"]},
     }
+    if dynamic:
+        config["dynamic"] = dynamic
+    return config
+
+
+# Per-module settings: GPTQModel's `dynamic` ({"+:regex": {settings},
+# "-:regex": {}}, regexes `re.match`ed against module names, first match
+# wins). Of its settings, bits and group_size change how a module is
+# stored; these others are metadata.
+_DYNAMIC_METADATA = ("sym", "desc_act", "damp_percent", "static_groups",
+                     "true_sequential", "mse", "v2", "act_group_aware")
+
+
+def dynamic_entries(settings, base, skipped):
+    """`dynamic` for modules whose `(bits, group_size)` in `settings`
+    (`{module name: (bits, group_size)}`) differ from `base`, and for the
+    `skipped` modules, stored float: one exact regex each."""
+    entries = {f"-:^{re.escape(name)}$": {} for name in sorted(skipped)}
+    for name, (bits, group_size) in sorted(settings.items()):
+        if (bits, group_size) != base:
+            entries[f"+:^{re.escape(name)}$"] = {"bits": int(bits),
+                                                 "group_size": int(group_size)}
+    return entries
+
+
+def module_settings(dynamic, name, base):
+    """`(bits, group_size)` of module `name` under `dynamic`, or None when
+    a '-:' entry keeps it float.
+
+    Raises:
+        UnsupportedCheckpointError: an entry sets what this reader does not
+            handle, or bits it cannot hold.
+    """
+    for pattern, overrides in (dynamic or {}).items():
+        regex = pattern[2:] if pattern[:2] in ("-:", "+:") else pattern
+        if not re.match(regex, name):
+            continue
+        if pattern.startswith("-:"):
+            return None
+        unknown = set(overrides) - {"bits", "group_size", *_DYNAMIC_METADATA}
+        if unknown:
+            raise UnsupportedCheckpointError(
+                f"dynamic[{pattern!r}] sets {sorted(unknown)}; keras_gptq "
+                "reads per-module bits and group_size.")
+        bits = int(overrides.get("bits", base[0]))
+        _check_bits(bits)
+        return bits, int(overrides.get("group_size", base[1]))
+    return base
 
 
 def read_quantization_config(config, fallback=None):
@@ -195,7 +247,8 @@ def read_quantization_config(config, fallback=None):
         fallback: the `quantize_config.json` dict, if the folder has one.
 
     Returns:
-        `(bits, group_size, checkpoint_format)`.
+        `(bits, group_size, checkpoint_format)`: the defaults of every
+        module (`module_settings` applies the config's `dynamic`).
 
     Raises:
         UnsupportedCheckpointError: not GPTQ, or settings this reader does
@@ -222,9 +275,6 @@ def read_quantization_config(config, fallback=None):
     if qc.get("pack_dtype", "int32") != "int32":
         raise UnsupportedCheckpointError(
             f"pack_dtype {qc['pack_dtype']!r}: only int32 packing loads.")
-    if qc.get("dynamic"):
-        raise UnsupportedCheckpointError(
-            "Per-module `dynamic` overrides are not supported.")
     bits = int(qc["bits"])
     _check_bits(bits)
     return bits, int(qc.get("group_size", -1)), fmt

@@ -10,14 +10,14 @@ KerasHub's own transformers converter.
 import glob
 import json
 import os
-import types
 
 import keras_hub
+import numpy as np
 
-from keras_gptq import storage
+from keras_gptq.hf import configs
 from keras_gptq.hf import families
 from keras_gptq.hf import format as hf_format
-from keras_gptq.model import layout as layout_lib
+from keras_gptq.hf import parts
 
 _PARTS = ("qweight", "qzeros", "scales", "g_idx")
 
@@ -50,69 +50,90 @@ class _Tensors:
             name in self._where) else None
 
 
-class _FloatLoader:
-    """What KerasHub's converters call on their `SafetensorLoader`
-    (`port_weight`), skipping the weights of quantized modules."""
-
-    def __init__(self, tensors, quantized):
-        self._tensors, self._quantized = tensors, quantized
-
-    def port_weight(self, keras_variable, hf_weight_key, hook_fn=None):
-        module, kind = hf_weight_key.rsplit(".", 1)
-        if kind == "weight" and any(
-                m == module or m.endswith("." + module)
-                for m in self._quantized):
-            return  # filled by write_packed
-        tensor = self.get_tensor(hf_weight_key)
-        if hook_fn:
-            tensor = hook_fn(tensor, list(keras_variable.shape))
-        keras_variable.assign(tensor)
-
-    def get_tensor(self, hf_weight_key):
-        """One tensor, looked up across all of the folder's files."""
-        for key in (hf_weight_key, *(p + hf_weight_key for p in (
-                "transformer.", "model."))):
-            value = self._tensors.get(key)
-            if value is not None:
-                return value
-        raise KeyError(f"The checkpoint has no tensor {hf_weight_key!r}.")
+def _load_float(backbone, family, tensors):
+    """Assigns every float tensor of the checkpoint to its Keras variables
+    (`Family.float_variables`, and an untied lm_head)."""
+    table = family.float_variables(backbone)
+    head = family.lm_head(backbone)
+    if head is not None:
+        table["lm_head.weight"] = ([head], 1)
+    for name, (variables, heads) in table.items():
+        value = tensors.get(name)
+        if value is None:
+            raise hf_format.UnsupportedCheckpointError(
+                f"The checkpoint has no tensor {name!r}.")
+        if name == "lm_head.weight":
+            value = value.T
+        values = family.from_hf_tensor(
+            name, value, [tuple(v.shape) for v in variables], heads)
+        for variable, part in zip(variables, values):
+            variable.assign(part.astype(variable.dtype))
 
 
-def _split_rows(arrays, layouts):
-    """Splits a fused module's `(q, scale, zero, g_idx)` into its layers."""
-    q, scale, zero, g_idx = arrays
-    bounds = [0]
-    for lay in layouts:
-        bounds.append(bounds[-1] + lay.rows)
-    if bounds[-1] != q.shape[0]:
-        return None
-    return [(q[a:b], scale[a:b], zero[a:b], g_idx)
-            for a, b in zip(bounds, bounds[1:])]
-
-
-def _write_module(name, layers, tensors, bits, group_size, fmt):
-    parts = {k: tensors.get(f"{name}.{k}") for k in _PARTS}
-    arrays = hf_format.from_hf(parts, bits, fmt, group_size, name=name)
-    layouts = [layout_lib.layer_layout(layer) for layer in layers]
-    split = _split_rows(arrays, layouts)
-    if split is None or any(lay.columns != arrays[0].shape[1]
-                            for lay in layouts):
+def _row_bounds(name, module, shape):
+    """Each part's `[start, stop)` rows of a module of `shape (out, in)`."""
+    shapes = [part.shape() for part in module]
+    bounds = np.cumsum([0] + [rows for rows, _ in shapes])
+    if tuple(shape) != (bounds[-1], shapes[0][1]) or any(
+            columns != shapes[0][1] for _, columns in shapes):
         raise hf_format.UnsupportedCheckpointError(
-            f"{name}: packed shape {arrays[0].shape} (out, in) does not fit "
-            f"{[layer.path for layer in layers]}.")
-    for layer, (q, scale, zero, g_idx) in zip(layers, split):
-        result = types.SimpleNamespace(q=q, scale=scale, zero=zero,
-                                       g_idx=g_idx)
-        storage.write_packed(layer, result, bits, group_size)
+            f"{name}: shape {tuple(shape)} (out, in) does not fit "
+            f"{[part.name for part in module]}.")
+    return list(zip(bounds, bounds[1:]))
+
+
+def _load_float_module(name, module, tensors, transposed):
+    """A module stored unquantized: its `weight` (`[in, out]` when
+    `transposed`, GPT-2's Conv1D) into the layers' kernels."""
+    weight = tensors.get(f"{name}.weight")
+    if weight is None:
+        raise hf_format.UnsupportedCheckpointError(
+            f"The checkpoint has neither {name}.qweight nor {name}.weight.")
+    weight = weight.T if transposed else weight
+    for part, (a, b) in zip(module, _row_bounds(name, module, weight.shape)):
+        part.write_float(weight[a:b])
+
+
+def _write_module(name, module, tensors, settings, writer):
+    """A GPTQ module's rows, collected by `writer` (a `parts.Writer`)."""
+    bits, group_size, fmt, dynamic = settings
+    own = hf_format.module_settings(dynamic, name, (bits, group_size))
+    if own is None:
+        raise hf_format.UnsupportedCheckpointError(
+            f"{name} has a qweight, but `dynamic` keeps it float.")
+    bits, group_size = own
+    stored = {k: tensors.get(f"{name}.{k}") for k in _PARTS}
+    q, scale, zero, g_idx = hf_format.from_hf(stored, bits, fmt, group_size,
+                                              name=name)
+    for part, (a, b) in zip(module, _row_bounds(name, module, q.shape)):
+        writer.add(part, parts.Packed(bits, group_size, q[a:b], scale[a:b],
+                                      zero[a:b], g_idx))
+
+
+def _load_modules(backbone, family, tensors, settings):
+    """Every linear module: GPTQ ones packed, float ones (and routers)
+    into float kernels."""
+    modules = family.linear_modules(backbone)
+    writer = parts.Writer()
+    for name in sorted(modules):
+        if f"{name}.qweight" in tensors.keys():
+            _write_module(name, modules[name], tensors, settings, writer)
+        else:
+            _load_float_module(name, modules[name], tensors,
+                               family.transposed_weights)
+    writer.write()
+    for name, module in family.linear_modules(
+            backbone, family.float_modules).items():
+        _load_float_module(name, module, tensors, False)
 
 
 def _preprocessor(family, folder):
     """The CausalLM preprocessor from the folder's tokenizer files, or None
     when the folder has none."""
     cls = getattr(keras_hub.models, family.causal_lm + "Preprocessor")
-    needed = {"llama": ("tokenizer.json", "tokenizer_config.json"),
-              "gpt2": ("vocab.json", "merges.txt")}[family.model_type]
-    if not all(os.path.isfile(os.path.join(folder, n)) for n in needed):
+    if family.tokenizer_files is None or not all(
+            os.path.isfile(os.path.join(folder, n))
+            for n in family.tokenizer_files):
         return None
     return cls.from_preset(folder)
 
@@ -124,17 +145,24 @@ def load_hf_gptq(folder, dtype=None):
     and every `*.safetensors` file. v1 (`checkpoint_format="gptq"`, zero
     points stored minus one) and v2 (`"gptq_v2"`), symmetric and asymmetric
     grids, act-order `g_idx`, 2/3/4/8 bits and `group_size=-1` all load.
-    Modules stored unquantized (`weight` instead of `qweight`) stay float.
+    Modules stored unquantized (`weight` instead of `qweight`) stay float;
+    GPTQModel's per-module `dynamic` bits and group sizes are read.
 
     Args:
         folder: a folder written by `export_hf`, AutoGPTQ, GPTQModel or
-            optimum, for a Llama-family (`LlamaForCausalLM`) or GPT-2
-            (`GPT2LMHeadModel`) model.
+            optimum, of an architecture in `hf.families.FAMILIES`
+            (`LlamaForCausalLM`, `GPT2LMHeadModel`, `GemmaForCausalLM`,
+            `Gemma3ForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM`,
+            `Qwen3ForCausalLM`, `MixtralForCausalLM`,
+            `Qwen2MoeForCausalLM`, `Qwen3MoeForCausalLM`,
+            `Phi3ForCausalLM`, `OPTForCausalLM`, `BloomForCausalLM`).
         dtype: optional Keras dtype policy for the float parts.
 
     Returns:
-        A `Llama3CausalLM` or `GPT2CausalLM`; its preprocessor is built from
-        the folder's tokenizer files (None when there are none).
+        The family's KerasHub CausalLM; its preprocessor is built from the
+        folder's tokenizer files by KerasHub's converter (None when there
+        are none, and for Phi-3, OPT and Bloom, which KerasHub cannot
+        convert).
 
     Raises:
         ValueError: an unsupported architecture (names the supported ones)
@@ -153,18 +181,17 @@ def load_hf_gptq(folder, dtype=None):
     config = _read_json(folder, "config.json")
     if config is None:
         raise FileNotFoundError(f"{folder!r} has no config.json.")
-    bits, group_size, fmt = hf_format.read_quantization_config(
-        config, _read_json(folder, "quantize_config.json"))
+    fallback = _read_json(folder, "quantize_config.json")
+    bits, group_size, fmt = hf_format.read_quantization_config(config,
+                                                               fallback)
+    dynamic = (config.get("quantization_config") or fallback).get("dynamic")
     family = families.family_of_config(config)
     tensors = _Tensors(folder)
-    backbone_cls = families.converter(family).backbone_cls
-    backbone = backbone_cls(**families.backbone_kwargs(family, config),
-                            dtype=dtype)
-    modules = family.linear_modules(backbone)
-    quantized = {name for name in modules if f"{name}.qweight" in tensors.keys()}
-    families.converter(family).convert_weights(
-        backbone, _FloatLoader(tensors, quantized), config)
-    for name in sorted(quantized):
-        _write_module(name, modules[name], tensors, bits, group_size, fmt)
     cls = getattr(keras_hub.models, family.causal_lm)
+    backbone_cls = cls.backbone_cls
+    backbone = backbone_cls(
+        **configs.backbone_kwargs(family.model_type, config), dtype=dtype)
+    _load_float(backbone, family, tensors)
+    _load_modules(backbone, family, tensors,
+                  (bits, group_size, fmt, dynamic))
     return cls(backbone=backbone, preprocessor=_preprocessor(family, folder))

@@ -53,6 +53,7 @@ class SolvedBank:
 
     def write(self, config):
         """Packs the bank; returns the undo token for `restore`."""
+        config = config.for_layer(self.bank.path)
         return storage.write_packed_bank(
             self.bank, self.family, self.results, config.weight_bits,
             config.group_size)
@@ -120,8 +121,9 @@ def _solve_matrix(moe, matrix, hessians, counts, config, swaps):
                 "for GPTQ: it is rounded to nearest instead. More "
                 "calibration windows (`num_samples`) route more tokens to "
                 "every expert.", stacklevel=5)
-        result, Q, entry = solve.solve_matrix(name, W, hessians[e], config,
-                                              rtn_note=note)
+        result, Q, entry = solve.solve_matrix(
+            name, W, hessians[e], config.for_layer(moe.bank.path),
+            rtn_note=note)
         results.append(result)
         entries.append(entry)
         Qs.append(Q)

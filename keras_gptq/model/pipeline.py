@@ -66,10 +66,12 @@ def quantize(model, config, filters=None, verbose=True):
     _check_model(model, config)
     blocks = structure.sequential_blocks(
         model, config.quantization_layer_structure)
-    targets = {id(b): structure.target_layers(b, filters,
-                                              config.quantize_router)
-               for b in blocks}
-    banks = {id(b): structure.target_banks(b, filters) for b in blocks}
+    targets = {id(b): [layer for layer in structure.target_layers(
+        b, filters, config.quantize_router)
+        if config.for_layer(layer.path) is not None] for b in blocks}
+    banks = {id(b): [moe for moe in structure.target_banks(b, filters)
+                     if config.for_layer(moe.bank.path) is not None]
+             for b in blocks}
     if not any(targets.values()) and not any(banks.values()):
         warnings.warn("No Dense/EinsumDense layer matched `filters`; the "
                       "model is unchanged.", stacklevel=2)
@@ -128,6 +130,7 @@ class SolvedLayer:
 
     def write(self, config):
         """Packs the layer; returns the undo token for `restore`."""
+        config = config.for_layer(self.layer.path)
         return storage.write_packed(self.layer, self.result,
                                     config.weight_bits, config.group_size)
 
@@ -337,5 +340,6 @@ def _solve_layer(layer, H, config, dXXT=None):
     kernel = keras.ops.convert_to_numpy(
         keras.ops.cast(layer._kernel, "float32"))
     W = lay.kernel_to_matrix(kernel)
-    result, Q, entry = solve.solve_matrix(layer.path, W, H, config, dXXT)
+    result, Q, entry = solve.solve_matrix(
+        layer.path, W, H, config.for_layer(layer.path), dXXT)
     return kernel, lay.matrix_to_kernel(Q), result, entry

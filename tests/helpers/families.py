@@ -115,13 +115,14 @@ FAMILIES = {
 ALIASES = {"Qwen2CausalLM": "qwen", "SmolLMCausalLM": "smollm3"}
 
 
-def build_family(name):
+def build_family(name, **overrides):
     """A tiny random-init CausalLM of family `name`, without preprocessor,
-    the same weights on every call."""
+    the same weights on every call; `overrides` replace backbone
+    arguments."""
     family = FAMILIES[name]
     keras.utils.set_random_seed(0)
     backbone_cls = getattr(keras_hub.models, family.backbone)
     backbone = backbone_cls(**{family.vocabulary_arg: VOCAB},
-                            **family.kwargs)
+                            **dict(family.kwargs, **overrides))
     cls = getattr(keras_hub.models, family.causal_lm)
     return cls(backbone=backbone, preprocessor=None)

@@ -12,7 +12,7 @@ from safetensors.numpy import load_file
 from safetensors.numpy import save_file
 
 from helpers import hf_spec
-from helpers.models import build_causal_lm
+from helpers.families import build_family
 from keras_gptq import storage
 from keras_gptq.model import layout
 from keras_gptq.model import structure
@@ -24,43 +24,82 @@ def block_layers(model):
             for layer in structure.target_layers(block)]
 
 
-def pack_randomly(model, bits, group_size, sym, act_order, seed=0,
-                  fp16_scales=True, zero_low=1):
-    """Puts random packed GPTQ weights into every block layer.
+def _random_result(rng, rows, columns, bits, group_size, sym, act_order,
+                   fp16_scales, zero_low):
+    maxq = (1 << bits) - 1
+    size = columns if group_size == -1 else group_size
+    groups = -(-columns // size)
+    g_idx = np.arange(columns) // size
+    if act_order:
+        perm = np.random.default_rng(columns).permutation(columns)
+        g_idx = np.empty(columns, np.int64)
+        g_idx[perm] = np.arange(columns) // size
+    scale = rng.uniform(0.002, 0.02, (rows, groups)).astype(np.float32)
+    if fp16_scales:
+        scale = scale.astype(np.float16).astype(np.float32)
+    zero = (np.full((rows, groups), (maxq + 1) // 2) if sym else
+            rng.integers(zero_low, maxq + 1, (rows, groups)))
+    return types.SimpleNamespace(
+        q=rng.integers(0, maxq + 1, (rows, columns)).astype(np.uint8),
+        scale=scale, zero=zero.astype(np.uint8),
+        g_idx=g_idx.astype(np.int32))
 
-    Layers with the same number of input columns share one act-order
+
+def pack_randomly(model, bits, group_size, sym, act_order, seed=0,
+                  fp16_scales=True, zero_low=1, skip=None):
+    """Puts random packed GPTQ weights into every block layer and expert
+    bank (but those whose path contains `skip`).
+
+    Matrices with the same number of input columns share one act-order
     permutation (as q, k and v do when they share a Hessian). Zero points
     are drawn from `[zero_low, 2**bits - 1]` unless `sym`.
     """
     rng = np.random.default_rng(seed)
-    maxq = (1 << bits) - 1
+    settings = (bits, group_size, sym, act_order, fp16_scales, zero_low)
     for layer in block_layers(model):
+        if skip and skip in layer.path:
+            continue
         lay = layout.layer_layout(layer)
-        rows, columns = lay.rows, lay.columns
-        size = columns if group_size == -1 else group_size
-        groups = -(-columns // size)
-        g_idx = np.arange(columns) // size
-        if act_order:
-            perm = np.random.default_rng(columns).permutation(columns)
-            g_idx = np.empty(columns, np.int64)
-            g_idx[perm] = np.arange(columns) // size
-        scale = rng.uniform(0.002, 0.02, (rows, groups)).astype(np.float32)
-        if fp16_scales:
-            scale = scale.astype(np.float16).astype(np.float32)
-        zero = (np.full((rows, groups), (maxq + 1) // 2) if sym else
-                rng.integers(zero_low, maxq + 1, (rows, groups)))
-        result = types.SimpleNamespace(
-            q=rng.integers(0, maxq + 1, (rows, columns)).astype(np.uint8),
-            scale=scale, zero=zero.astype(np.uint8),
-            g_idx=g_idx.astype(np.int32))
-        storage.write_packed(layer, result, bits, group_size)
+        storage.write_packed(layer, _random_result(
+            rng, lay.rows, lay.columns, *settings), bits, group_size)
+    for block in structure.sequential_blocks(model):
+        for moe in structure.target_banks(block):
+            if skip and skip in moe.bank.path:
+                continue
+            results = {}
+            for matrix in moe.family.matrices:
+                experts, a, b = getattr(moe.bank, matrix.name).shape
+                rows, columns = (b, a) if matrix.layout == "e_in_out" else (
+                    a, b)
+                results[matrix.name] = [_random_result(
+                    rng, rows, columns, *settings) for _ in range(experts)]
+            storage.write_packed_bank(moe.bank, moe.family, results, bits,
+                                      group_size)
     return model
+
+
+# Widths that are multiples of 32, as the format packs 32 levels a word
+# (`helpers.families` gives Gemma and Gemma 3 a hidden size of 48), and
+# what the transformers architectures fix: Gemma 3's post norms, Bloom's
+# 4 * hidden MLP.
+HF_TINY = {
+    "gemma": dict(hidden_dim=64, intermediate_dim=128, head_dim=16),
+    "gemma3": dict(hidden_dim=64, intermediate_dim=128, head_dim=32,
+                   use_post_ffw_norm=True, use_post_attention_norm=True),
+    "bloom": dict(intermediate_dim=256),  # transformers: 4 * hidden
+}
+
+
+def float_model(family):
+    """A tiny random-init float CausalLM of `family` (`helpers.families`)
+    whose matrices the format can pack."""
+    return build_family(family, **HF_TINY.get(family, {}))
 
 
 def packed_model(family, bits=4, group_size=32, sym=False, act_order=True,
                  **kwargs):
     """A tiny random-init CausalLM with random packed weights."""
-    return pack_randomly(build_causal_lm(family), bits, group_size, sym,
+    return pack_randomly(float_model(family), bits, group_size, sym,
                          act_order, **kwargs)
 
 
@@ -86,7 +125,8 @@ def spec_float_tensors(folder):
         weight = hf_spec.dequantize(
             tensors.pop(f"{name}.qweight"), tensors.pop(f"{name}.qzeros"),
             tensors.pop(f"{name}.scales"), tensors.pop(f"{name}.g_idx"),
-            qc["bits"], qc["checkpoint_format"]).astype(np.float32)
+            hf_spec.module_bits(qc, name),
+            qc["checkpoint_format"]).astype(np.float32)
         out[f"{name}.weight"] = weight.T if (
             config["model_type"] == "gpt2") else weight
     out.update({k: v.astype(np.float32) for k, v in tensors.items()})

@@ -10,7 +10,11 @@ for the bit stream, no shared helper.
 - `qzeros[g, w]`: the same along the output axis.
 - v1 (`checkpoint_format="gptq"`): true zero = stored zero + 1.
 - `W[o, i] = scales[g_idx[i], o] * (level[i, o] - zero[g_idx[i], o])`.
+- `dynamic` (GPTQModel): `{"+:regex": {"bits": ...}, "-:regex": {}}`, the
+  first regex that `re.match`es the module name decides.
 """
+
+import re
 
 import numpy as np
 
@@ -51,3 +55,13 @@ def dequantize(qweight, qzeros, scales, g_idx, bits, checkpoint_format):
     g = np.asarray(g_idx, dtype=np.int64)
     scales = np.asarray(scales, dtype=np.float64)
     return scales[g].T * (levels - zeros[g].T)
+
+
+def module_bits(quantization_config, name):
+    """The bits of module `name` under the config's `dynamic`."""
+    for pattern, settings in (quantization_config.get("dynamic")
+                              or {}).items():
+        if re.match(pattern[2:] if pattern[:2] in ("+:", "-:") else pattern,
+                    name):
+            return settings.get("bits", quantization_config["bits"])
+    return quantization_config["bits"]

@@ -1,11 +1,9 @@
 """Real consumers read what `export_hf` writes (skipped when not installed).
 
-- GPTQModel (its CPU torch kernel) loads the GPTQ folder itself.
-- transformers runs its own float Llama / GPT-2 on the weights the
-  independent spec reader (`hf_spec`) dequantizes from the folder.
-
-Neither package is a keras_gptq dependency; see README ("Hugging Face
-GPTQ interchange") for the versions these were run with.
+GPTQModel (its CPU torch kernel) loads the GPTQ folder itself. It is not
+a keras_gptq dependency; see README ("Hugging Face GPTQ interchange") for
+the versions this was run with. transformers' float models of every family
+on the spec-dequantized weights: `test_hf_families.py`.
 """
 
 import numpy as np
@@ -15,7 +13,6 @@ import keras_gptq
 from helpers.models import logits
 from helpers.models import markov_tokens
 from helpers.hf import packed_model
-from helpers.hf import write_float_folder
 
 TOKENS = markov_tokens(64, seed=5).reshape(2, 32)
 CASES = [  # family, bits, group_size, sym, act_order, checkpoint_format
@@ -45,19 +42,3 @@ def test_gptqmodel_loads_the_export(tmp_path, family, bits, group_size, sym,
         got = loaded.model(torch.tensor(TOKENS).long()).logits.numpy()
     want = logits(model, TOKENS)
     np.testing.assert_allclose(got, want, atol=1e-2 * np.abs(want).max())
-
-
-@pytest.mark.parametrize("family", ["llama3", "gpt2"])
-def test_transformers_float_forward_of_the_spec_weights(tmp_path, family):
-    pytest.importorskip("transformers", reason="transformers not installed")
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = packed_model(family, 3, 32, sym=False, act_order=True)
-    keras_gptq.export_hf(model, tmp_path / "hf")
-    write_float_folder(tmp_path / "hf", tmp_path / "float")
-    reference = AutoModelForCausalLM.from_pretrained(
-        str(tmp_path / "float"), dtype=torch.float32).eval()
-    with torch.no_grad():
-        got = reference(torch.tensor(TOKENS).long()).logits.numpy()
-    np.testing.assert_allclose(got, logits(model, TOKENS), atol=1e-4)

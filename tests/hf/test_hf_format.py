@@ -13,6 +13,7 @@ from keras_hub.src.utils.transformers.export import hf_exporter
 
 from helpers import hf_spec
 import keras_gptq
+from helpers.families import build_family
 from helpers.models import build_causal_lm
 from helpers.models import logits
 from helpers.models import markov_tokens
@@ -275,8 +276,8 @@ def test_fused_c_attn_needs_one_g_idx(tmp_path):
 
 
 def test_refusals(tmp_path):
-    with pytest.raises(ValueError, match="Gemma3CausalLM.*Llama3CausalLM"):
-        keras_gptq.export_hf(build_causal_lm("gemma3"), tmp_path / "g")
+    with pytest.raises(ValueError, match="FalconCausalLM.*Llama3CausalLM"):
+        keras_gptq.export_hf(build_family("falcon"), tmp_path / "g")
     with pytest.raises(ValueError, match="not quantized"):
         keras_gptq.export_hf(build_causal_lm("llama3"), tmp_path / "f")
     assert not os.path.exists(tmp_path / "g") and not os.path.exists(
@@ -307,7 +308,7 @@ def test_a_failed_export_leaves_nothing(tmp_path, monkeypatch):
 def test_load_refuses_what_it_cannot_read(tmp_path):
     keras_gptq.export_hf(packed_model("llama3"), tmp_path / "hf")
     config, _ = read_folder(tmp_path / "hf")
-    for change, message in (({"model_type": "mistral"}, "Llama3CausalLM"),
+    for change, message in (({"model_type": "falcon"}, "Llama3CausalLM"),
                             ({"quantization_config": None},
                              "not a GPTQ checkpoint")):
         edited = dict(config, **change)
