@@ -47,9 +47,7 @@ keras_gptq.quantize(model, keras_gptq.GPTQConfig(
 levels = {}
 for layer in model._flatten_layers():
     if storage.is_packed(layer):
-        packed = keras.ops.convert_to_numpy(layer.quantized_kernel)
-        levels[layer.path] = storage.unpack(
-            packed, layer.dtype_policy.weight_bits, layer._gptq_layout.columns)
+        levels[layer.path] = storage.stored_levels(layer)
 perplexity = keras_gptq.evaluate_perplexity(
     model, np.load(heldout), sequence_length=64)
 np.savez(out, perplexity=perplexity, **levels)

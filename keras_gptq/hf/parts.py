@@ -70,8 +70,7 @@ class LayerRows:
     def read(self):
         """The part's `Packed` arrays."""
         policy = storage.layer_policy(self.layer)
-        q = storage.unpack(_numpy(self.layer.quantized_kernel),
-                           policy.weight_bits, self._layout().columns)
+        q = storage.stored_levels(self.layer)  # g_idx's column order
         scale, zero, g_idx = (_numpy(v) for v in (
             self.layer.kernel_scale, self.layer.kernel_zero,
             self.layer.g_idx))

@@ -88,6 +88,35 @@ class MatrixLayout:
         return np.broadcast_to(position, shape).reshape(-1)
 
 
+def rows_to_outputs(layer, inputs, y):
+    """Inverse of `inputs_to_rows` on the output side, with `keras.ops`.
+
+    Args:
+        layer: the Dense or EinsumDense (its `_gptq_layout` is set).
+        inputs: the layer input `y` was computed from.
+        y: `[tokens, out]`, `out` in the kernel's order of `out_axes`.
+
+    Returns:
+        The layer's output (before bias and activation).
+    """
+    lay = layer._gptq_layout
+    shape = keras.ops.shape(inputs)
+    ndim = len(shape)
+    contracted = {a % ndim for a in lay.input_axes}
+    batch = [shape[a] for a in range(ndim) if a not in contracted]
+    out_dims = [lay.kernel_shape[a] for a in lay.out_axes]
+    y = keras.ops.reshape(y, (*batch, *out_dims))
+    if not isinstance(layer, keras.layers.EinsumDense):
+        return y
+    x_spec, k_spec, out_spec = _parse_equation(layer.equation)
+    kept = "".join(c for c in x_spec if c not in
+                   {k_spec[a] for a in lay.in_axes})
+    source = kept + "".join(k_spec[a] for a in lay.out_axes)
+    if source == out_spec:
+        return y
+    return keras.ops.einsum(f"{source}->{out_spec}", y)
+
+
 def _parse_equation(equation):
     try:
         inputs, output = equation.split("->")

@@ -13,6 +13,10 @@ Storage (per layer, under the names Keras's own GPTQ layers use):
 `W[o, i] = (level[o, i] - zero[o, g_idx[i]]) * scale[o, g_idx[i]]`, mapped to
 the kernel by the layer's `MatrixLayout` (read from its equation).
 
+That is the saved layout. In memory, an act-order layer holds its levels
+with the columns sorted by group (`kernels.prepare`; `stored_levels` gives
+the saved order back); the call is `kernels.matmul` on the input rows.
+
 A quantized layer carries a `PackedGPTQPolicy` (`storage/policy.py`). The
 functions here build, call, save, load and dequantize such a layer; the
 patch in `keras_gptq/keras_patches/packed_layers.py` routes Dense's and
@@ -28,6 +32,7 @@ from keras import ops
 
 from keras_gptq.algorithm import grid
 from keras_gptq.model import layout as layout_lib
+from keras_gptq.storage import kernels
 from keras_gptq.storage import packing
 from keras_gptq.storage import policy as policy_lib
 
@@ -54,25 +59,45 @@ def build_packed(layer, kernel_shape):
         dtype="int32", trainable=False)
 
 
-def _note_group_order(layer, g_idx):
-    """Records whether `g_idx` (numpy) is the contiguous `i // group_size`.
+def _prepare(layer, levels, scale, zero, g_idx):
+    """Readies the layer's matmul once its packed values are in place
+    (`kernels.prepare`: act-order columns sorted, backend fast path)."""
+    kernels.prepare(layer, levels, np.asarray(scale), np.asarray(zero),
+                    np.asarray(g_idx))
 
-    Contiguous groups (no act-order, static groups, or `group_size=-1`)
-    dequantize by a reshape and a broadcast instead of two gathers over
-    the whole matrix (2x faster per call, measured on a 1536x576 layer).
-    """
-    layer._gptq_contiguous_groups = grid.has_contiguous_groups(
-        g_idx, policy_lib.packed_policy(layer).group_size)
+
+def stored_levels(layer):
+    """int32 numpy `[out, in]` levels in the original column order (the
+    order `g_idx` describes, and the one saved to disk)."""
+    policy = policy_lib.packed_policy(layer)
+    levels = packing.unpack(ops.convert_to_numpy(layer.quantized_kernel),
+                            policy.weight_bits, layer._gptq_layout.columns)
+    perm = kernels.state(layer).perm
+    if perm is None:
+        return levels
+    original = np.empty_like(levels)
+    original[:, ops.convert_to_numpy(perm)] = levels
+    return original
 
 
 def dequantized_matrix(layer):
     """Returns the layer's `W[out, in]` as a float32 backend tensor."""
+    matrix = _stored_matrix(layer)
+    perm = kernels.state(layer).perm
+    if perm is None:
+        return matrix
+    inverse = np.argsort(ops.convert_to_numpy(perm)).astype(np.int32)
+    return ops.take(matrix, inverse, axis=1)
+
+
+def _stored_matrix(layer):
+    """`W[out, in]` in stored column order (act-order columns sorted)."""
     policy = policy_lib.packed_policy(layer)
+    kernel = kernels.state(layer)
     return dequantize_rows(
         layer.quantized_kernel.value, layer.kernel_scale.value,
-        layer.kernel_zero.value, layer.g_idx.value, policy,
-        layer._gptq_layout.columns,
-        getattr(layer, "_gptq_contiguous_groups", False))
+        layer.kernel_zero.value, kernel.stored_g_idx, policy,
+        layer._gptq_layout.columns, kernel.contiguous)
 
 
 def dequantize_rows(packed, scale, zero, g_idx, policy, columns,
@@ -114,12 +139,11 @@ def dequantized_kernel(layer):
 
 
 def packed_call(layer, inputs):
-    """The layer's forward pass on its dequantized kernel."""
-    kernel = dequantized_kernel(layer)
-    if isinstance(layer, keras.layers.EinsumDense):
-        y = ops.einsum(layer.equation, inputs, kernel)
-    else:
-        y = ops.matmul(inputs, kernel)
+    """The layer's forward pass: `kernels.matmul` on its input rows."""
+    lay = layer._gptq_layout
+    rows = lay.inputs_to_rows(ops.cast(inputs, layer.compute_dtype))
+    y = kernels.matmul(layer, rows, lambda: _stored_matrix(layer))
+    y = layout_lib.rows_to_outputs(layer, inputs, y)
     if layer.bias is not None:
         y = ops.add(y, layer.bias)
     if layer.activation is not None:
@@ -138,7 +162,11 @@ def _saved_names(layer):
 def save_packed(layer, store):
     """Writes the packed variables to a Keras weights store."""
     for idx, name in enumerate(_saved_names(layer)):
-        store[str(idx)] = getattr(layer, name)
+        value = getattr(layer, name)
+        if name == "quantized_kernel" and kernels.state(layer).perm is not None:
+            value = packing.pack(stored_levels(layer),
+                                 policy_lib.packed_policy(layer).weight_bits)
+        store[str(idx)] = value
 
 
 def load_packed(layer, store):
@@ -154,7 +182,11 @@ def load_packed(layer, store):
         "quantized_kernel", "kernel_scale", "kernel_zero", "g_idx")])
     for name, value in values.items():
         variables[name].assign(value)
-    _note_group_order(layer, values["g_idx"])
+    policy = policy_lib.packed_policy(layer)
+    _prepare(layer, packing.unpack(values["quantized_kernel"],
+                                   policy.weight_bits,
+                                   layer._gptq_layout.columns),
+             values["kernel_scale"], values["kernel_zero"], values["g_idx"])
 
 
 def read_checked(layer, store, variables, packed_sets):
@@ -255,7 +287,7 @@ def write_packed(layer, result, bits, group_size):
         layer.kernel_scale.assign(result.scale)
         layer.kernel_zero.assign(result.zero)
         layer.g_idx.assign(result.g_idx)
-        _note_group_order(layer, result.g_idx)
+        _prepare(layer, result.q, result.scale, result.zero, result.g_idx)
     except BaseException:
         restore_float(layer, token)
         raise
@@ -270,6 +302,7 @@ def restore_float(layer, token):
         token: the value `write_packed` returned for it.
     """
     old_policy, old_kernel, order = token
+    layer._gptq_kernel = None
     put_back_float(layer, ("quantized_kernel", "kernel_scale", "kernel_zero",
                            "g_idx"), {"_kernel": old_kernel}, old_policy,
                    order)

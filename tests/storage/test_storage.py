@@ -1,6 +1,7 @@
 """Tests for keras_gptq.storage: bit packing, packed Dense/EinsumDense layers,
 the undo path, and saving/reloading a model that holds packed layers."""
 
+import dataclasses
 import math
 import zipfile
 
@@ -13,6 +14,7 @@ import keras_gptq  # noqa: F401  (installs the storage seam)
 from keras_gptq import storage
 from keras_gptq.algorithm import solver
 from keras_gptq.model import layout
+from keras_gptq.storage import kernels
 from helpers.solving import solve
 
 BITS = [2, 3, 4, 8]
@@ -182,11 +184,16 @@ def test_contiguous_and_gathered_dequantization_agree(name, group_size,
     storage.write_packed(layer, res, 4, group_size)
     # One group (group_size -1, or as wide as the input) is contiguous
     # even under act-order.
-    contiguous = not act_order or group_size in (-1, lay.columns)
-    assert layer._gptq_contiguous_groups is contiguous
+    # Act-order columns are sorted by group once (storage.kernels), so
+    # every layer here takes the contiguous path; the gathers stay for
+    # groups that sorting cannot make contiguous.
+    state = kernels.state(layer)
+    assert state.contiguous
+    assert (state.perm is None) is (
+        not act_order or group_size in (-1, lay.columns))
     expected = solver.dequantize(res.q, res.scale, res.zero, res.g_idx)
     fast = to_numpy(storage.dequantized_matrix(layer))
-    layer._gptq_contiguous_groups = False
+    layer._gptq_kernel = dataclasses.replace(state, contiguous=False)
     gathered = to_numpy(storage.dequantized_matrix(layer))
     np.testing.assert_allclose(fast, expected, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(gathered, expected, rtol=1e-6, atol=1e-7)
@@ -308,8 +315,9 @@ def test_saved_model_reloads_with_identical_outputs(tmp_path):
     np.testing.assert_array_equal(to_numpy(reloaded(x)), y)
     for name in ("dense", "gemma_query"):
         layer = reloaded.get_layer(name)
-        assert layer._gptq_contiguous_groups is (
-            model.get_layer(name)._gptq_contiguous_groups)
+        got, want = (kernels.state(l) for l in (layer, model.get_layer(name)))
+        assert got.contiguous is want.contiguous
+        np.testing.assert_array_equal(got.stored_g_idx, want.stored_g_idx)
         policy = layer.dtype_policy
         assert isinstance(policy, storage.PackedGPTQPolicy), type(policy)
         assert (policy.weight_bits, policy.group_size) == (3, 8)

@@ -1,0 +1,251 @@
+"""The packed-layer matmul: one seam, one fast path per backend.
+
+A packed layer's forward pass is `rows @ W.T`, `rows` the layer input as
+`[tokens, in]` (`MatrixLayout.inputs_to_rows`), `W[out, in]` the packed
+matrix. `prepare` runs once, when the packed values are in place (written
+or loaded); `matmul` runs in every call.
+
+Column order (every backend). Act-order layers store groups in a
+permuted column order (`g_idx` is not `i // group_size`). `prepare`
+sorts the columns by group once, stably, and keeps the levels in that
+order in memory: the layer then takes the contiguous-group path (a
+reshape and a broadcast of scales and zero points, no gather over the
+matrix), and `matmul` permutes the much smaller input instead (one gather
+of `rows`). `g_idx` and the saved file keep the original order
+(`packed_layer.stored_levels` undoes the sort), so the stored layout is
+unchanged.
+
+Per backend:
+- torch, 4-bit, a group size the aten kernel takes (a multiple of 32,
+  or per-channel), at most `INT4_MAX_TOKENS` rows: the aten int4 kernel
+  (`_weight_int4pack_mm_for_cpu` on CPU, `_weight_int4pack_mm` on CUDA) on
+  a copy of the levels in its own packed format (still 4 bits a weight),
+  in bfloat16 (the kernel's fast dtype: results match the float32
+  reference within bfloat16 rounding). Above `INT4_MAX_TOKENS` rows
+  (prefill), the reference path, which measured faster on CPU there.
+- everywhere else (JAX, TensorFlow, other bit widths): the reference path:
+  the packed levels are dequantized inside the call and multiplied in
+  float. On CPU, XLA does not fuse the dequantization into the dot (the
+  dot is a library call); the fused multiply-and-reduce formulations
+  measured slower than this one (`benchmarks/RESULTS.md`).
+"""
+
+import contextlib
+import dataclasses
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_gptq.algorithm import grid
+from keras_gptq.storage import packing
+from keras_gptq.storage import policy as policy_lib
+
+INT4_MAX_TOKENS = 32  # aten int4 kernel up to here; reference path above
+_INT4_GROUPS = (256, 128, 64, 32)  # group sizes the aten kernels take
+_FAST = {"enabled": True}
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelState:
+    """What `matmul` needs besides the layer's variables.
+
+    Attributes:
+        perm: int32 backend tensor, the stored column order (act-order
+            layers sorted by group), or None when columns are in order.
+        stored_g_idx: numpy `[in]` group of each stored column.
+        contiguous: stored groups are `i // group_size`.
+        int4: a `TorchInt4` or None.
+    """
+
+    perm: object
+    stored_g_idx: np.ndarray
+    contiguous: bool
+    int4: object = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchInt4:
+    """The levels in the aten int4 kernels' packed format.
+
+    Attributes:
+        weight: the int4-packed levels (torch tensor, 4 bits a weight).
+        scales_and_zeros: bfloat16 `[kernel groups, out, 2]`.
+        group_size: the kernel's group size.
+        columns: the padded input width (a multiple of `group_size`).
+        rows: the output width (the kernel's is padded to 16 rows).
+        cuda: the weight lives on a CUDA device.
+    """
+
+    weight: object
+    scales_and_zeros: object
+    group_size: int
+    columns: int
+    rows: int
+    cuda: bool
+
+
+@contextlib.contextmanager
+def reference_only():
+    """Within the block, packed layers use the reference path everywhere
+    (tests and benchmarks compare the two)."""
+    before = _FAST["enabled"]
+    _FAST["enabled"] = False
+    try:
+        yield
+    finally:
+        _FAST["enabled"] = before
+
+
+def sorted_columns(g_idx, group_size):
+    """The stored column order of a layer whose groups are `g_idx`.
+
+    Returns:
+        `None` when `g_idx` is already contiguous or sorting does not make
+        it so (a checkpoint with uneven groups keeps the gather path);
+        else the int permutation that sorts the columns by group.
+    """
+    g_idx = np.asarray(g_idx)
+    if grid.has_contiguous_groups(g_idx, group_size):
+        return None
+    order = np.argsort(g_idx, kind="stable")
+    if not grid.has_contiguous_groups(g_idx[order], group_size):
+        return None
+    return order.astype(np.int32)
+
+
+def prepare(layer, levels, scale, zero, g_idx):
+    """Sets up `layer` for `matmul` once its packed variables hold values.
+
+    Sorts act-order columns in `layer.quantized_kernel` (see the module
+    docstring) and builds the backend's fast-path state.
+
+    Args:
+        layer: a packed Dense/EinsumDense.
+        levels: int `[out, in]` levels in the original column order (numpy).
+        scale, zero: numpy `[out, groups]`.
+        g_idx: numpy `[in]`, the group of each original column.
+    """
+    policy = policy_lib.packed_policy(layer)
+    g_idx = np.asarray(g_idx)
+    perm = sorted_columns(g_idx, policy.group_size)
+    if perm is not None:
+        levels = np.asarray(levels)[:, perm]
+        g_idx = g_idx[perm]
+        layer.quantized_kernel.assign(packing.pack(levels, policy.weight_bits))
+    contiguous = grid.has_contiguous_groups(g_idx, policy.group_size)
+    int4 = None
+    if contiguous and keras.config.backend() == "torch":
+        int4 = _torch_int4(layer.quantized_kernel.value, levels, scale, zero,
+                           policy)
+    layer._gptq_kernel = KernelState(
+        perm=None if perm is None else ops.convert_to_tensor(perm, "int32"),
+        stored_g_idx=g_idx, contiguous=contiguous, int4=int4)
+
+
+def state(layer):
+    """The layer's `KernelState` (contiguous columns if never prepared)."""
+    found = getattr(layer, "_gptq_kernel", None)
+    if found is None:
+        columns = layer._gptq_layout.columns
+        g_idx = grid.contiguous_g_idx(
+            policy_lib.packed_policy(layer).group_size, columns)
+        found = KernelState(None, g_idx, True)
+    return found
+
+
+def matmul(layer, rows, dequantize):
+    """`rows @ W.T` for a packed layer.
+
+    Args:
+        layer: a prepared packed layer.
+        rows: `[tokens, in]` inputs in the original column order.
+        dequantize: `() -> W[out, in]` in stored column order, float32
+            (the reference path).
+
+    Returns:
+        `[tokens, out]` in the layer's compute dtype.
+    """
+    kernel = state(layer)
+    if kernel.perm is not None:
+        rows = ops.take(rows, kernel.perm, axis=1)
+    if kernel.int4 is not None and _FAST["enabled"] and (
+            rows.shape[0] <= INT4_MAX_TOKENS):
+        return _torch_int4_matmul(kernel.int4, rows)
+    weight = ops.cast(dequantize(), layer.compute_dtype)
+    return ops.matmul(rows, ops.transpose(weight))
+
+
+def cached_bytes(layer):
+    """Bytes a layer holds beside its variables (the torch int4 copy)."""
+    int4 = state(layer).int4
+    if int4 is None:
+        return 0
+    return sum(t.numel() * t.element_size()
+               for t in (int4.weight, int4.scales_and_zeros))
+
+
+def _kernel_group(group_size, columns):
+    """The aten kernel's group size for ours, or None when none fits: the
+    largest that divides our groups (their scales repeat); per-channel
+    rows take the largest that divides the row, else the smallest (the
+    row is padded)."""
+    size = grid.group_columns(group_size, columns)
+    for candidate in _INT4_GROUPS:
+        if size % candidate == 0:
+            return candidate
+    return _INT4_GROUPS[-1] if group_size == -1 else None
+
+
+def _torch_int4(device_tensor, levels, scale, zero, policy):
+    """Builds a `TorchInt4` for 4-bit levels, or None where the aten
+    kernels do not apply (other bits, group sizes, shapes)."""
+    import torch
+
+    rows, columns = levels.shape
+    kernel_group = _kernel_group(policy.group_size, columns)
+    if policy.weight_bits != 4 or kernel_group is None:
+        return None
+    cuda = device_tensor.device.type == "cuda"
+    width = -(-columns // kernel_group) * kernel_group
+    if cuda:
+        width = -(-width // 128) * 128  # innerKTiles=8 needs K % 128 == 0
+    height = -(-rows // 16) * 16  # the CPU kernel packs 16 rows at a time
+    padded = np.full((height, width), 8, np.int32)
+    padded[:rows, :columns] = levels
+    # Ours: (q - z) * s. The kernel's: (q - 8) * s + m, so m = (8 - z) * s.
+    size = grid.group_columns(policy.group_size, columns)
+    ours = np.minimum(np.arange(0, width, kernel_group) // size,
+                      scale.shape[1] - 1)
+    s = np.zeros((height, len(ours)), np.float32)
+    s[:rows] = np.asarray(scale, np.float32)[:, ours]
+    m = np.zeros_like(s)
+    m[:rows] = (8.0 - np.asarray(zero, np.float32)[:, ours]) * s[:rows]
+    pairs = np.stack([s.T, m.T], axis=-1)
+    scales_and_zeros = torch.from_numpy(np.ascontiguousarray(pairs)).to(
+        device=device_tensor.device, dtype=torch.bfloat16)
+    try:
+        if cuda:
+            nibbles = torch.from_numpy(
+                (padded[:, ::2] << 4 | padded[:, 1::2]).astype(np.uint8))
+            weight = torch.ops.aten._convert_weight_to_int4pack(
+                nibbles.to(device_tensor.device), 8)
+        else:
+            weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+                torch.from_numpy(padded), 1)
+    except RuntimeError:  # a shape this torch build's kernel refuses
+        return None
+    return TorchInt4(weight, scales_and_zeros, kernel_group, width, rows,
+                     cuda)
+
+
+def _torch_int4_matmul(int4, rows):
+    import torch
+
+    x = rows.to(torch.bfloat16)
+    if int4.columns > x.shape[1]:
+        x = torch.nn.functional.pad(x, (0, int4.columns - x.shape[1]))
+    op = (torch.ops.aten._weight_int4pack_mm if int4.cuda else
+          torch.ops.aten._weight_int4pack_mm_for_cpu)
+    y = op(x, int4.weight, int4.group_size, int4.scales_and_zeros)
+    return y[:, :int4.rows].to(rows.dtype)

@@ -1,0 +1,194 @@
+"""Tests for keras_gptq.storage.kernels: every matmul path of a packed layer
+equals the dequantized float reference (each backend runs its own paths),
+act-order layers are sorted once and keep the saved layout."""
+
+import types
+import zipfile
+
+import h5py
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_gptq import storage
+from keras_gptq.algorithm import grid
+from keras_gptq.algorithm import solver
+from keras_gptq.model import layout
+from keras_gptq.storage import kernels
+
+BACKEND = keras.config.backend()
+
+LAYERS = {
+    "dense": (lambda: keras.layers.Dense(40, use_bias=True), (2, 3, 96)),
+    # Gemma query: the contracted axis is not the kernel's last.
+    "gemma_query": (lambda: keras.layers.EinsumDense(
+        "btd,ndh->btnh", output_shape=(None, 4, 8)), (2, 3, 64)),
+    # Llama attention output: two contracted axes, one output axis.
+    "llama_output": (lambda: keras.layers.EinsumDense(
+        "bquh,uhm->bqm", output_shape=(None, 24), bias_axes="m"),
+        (2, 3, 4, 16)),
+}
+
+
+def packed(name, bits, group_size, act_order, seed=0):
+    """A packed layer with random levels, scales and zero points, its
+    float kernel (the reference) and an input."""
+    keras.utils.set_random_seed(seed)
+    factory, x_shape = LAYERS[name]
+    layer = factory()
+    layer.build(x_shape)
+    lay = layout.layer_layout(layer)
+    rng = np.random.default_rng(seed)
+    groups = grid.num_groups(group_size, lay.columns)
+    g_idx = grid.contiguous_g_idx(group_size, lay.columns)
+    if act_order:
+        g_idx = g_idx[rng.permutation(lay.columns)]
+    result = types.SimpleNamespace(
+        q=rng.integers(0, 2**bits, (lay.rows, lay.columns)),
+        scale=rng.uniform(0.01, 0.1, (lay.rows, groups)).astype(np.float32),
+        zero=rng.integers(0, 2**bits, (lay.rows, groups)).astype(np.uint8),
+        g_idx=g_idx.astype(np.int32))
+    storage.write_packed(layer, result, bits, group_size)
+    kernel = lay.matrix_to_kernel(solver.dequantize(
+        result.q, result.scale, result.zero, result.g_idx))
+    x = rng.normal(size=x_shape).astype(np.float32)
+    return layer, result, kernel, x
+
+
+def reference(layer, x, kernel):
+    if isinstance(layer, keras.layers.EinsumDense):
+        y = np.einsum(layer.equation, x, kernel)
+    else:
+        y = x @ kernel
+    if layer.bias is not None:
+        y = y + ops.convert_to_numpy(layer.bias)
+    return y
+
+
+def assert_close(actual, expected, rel):
+    scale = float(np.max(np.abs(expected)))
+    error = float(np.max(np.abs(actual - expected)))
+    assert error <= rel * scale, (error, scale)
+
+
+def uses_int4(layer):
+    return kernels.state(layer).int4 is not None
+
+
+CASES = [(name, bits, group_size, act_order)
+         for name in LAYERS for bits in (2, 3, 4, 8)
+         for group_size in (32, -1) for act_order in (False, True)]
+
+
+@pytest.mark.parametrize("name,bits,group_size,act_order", CASES)
+def test_every_path_equals_the_dequantized_reference(name, bits, group_size,
+                                                     act_order):
+    layer, _, kernel, x = packed(name, bits, group_size, act_order)
+    expected = reference(layer, x, kernel)
+    with kernels.reference_only():
+        assert_close(ops.convert_to_numpy(layer(x)), expected, 1e-5)
+    # The default path: the backend's fast kernel where it applies
+    # (bfloat16 activations: bfloat16 rounding), else the reference.
+    rel = 2e-2 if uses_int4(layer) else 1e-5
+    assert_close(ops.convert_to_numpy(layer(x)), expected, rel)
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.kernel), kernel,
+                               rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("group_size", [32, 48, -1])
+def test_act_order_columns_are_sorted_once(group_size):
+    layer, result, _, _ = packed("dense", 3, group_size, act_order=True)
+    state = kernels.state(layer)
+    assert state.contiguous
+    if group_size == -1:  # one group: already in order
+        assert state.perm is None
+        return
+    perm = ops.convert_to_numpy(state.perm)
+    np.testing.assert_array_equal(perm, np.argsort(result.g_idx,
+                                                   kind="stable"))
+    # Memory holds the sorted levels; g_idx and stored_levels the original.
+    held = storage.unpack(ops.convert_to_numpy(layer.quantized_kernel), 3,
+                          96)
+    np.testing.assert_array_equal(held, result.q[:, perm])
+    np.testing.assert_array_equal(storage.stored_levels(layer), result.q)
+    np.testing.assert_array_equal(ops.convert_to_numpy(layer.g_idx),
+                                  result.g_idx)
+
+
+def test_uneven_groups_keep_the_gather_path():
+    # A checkpoint whose groups are not `group_size` wide cannot be sorted
+    # into contiguous groups: it keeps the original order and the gathers.
+    layer = keras.layers.Dense(8)
+    layer.build((2, 64))
+    g_idx = np.repeat([0, 1], [40, 24]).astype(np.int32)
+    rng = np.random.default_rng(0)
+    result = types.SimpleNamespace(
+        q=rng.integers(0, 16, (8, 64)), g_idx=g_idx,
+        scale=rng.uniform(0.01, 0.1, (8, 2)).astype(np.float32),
+        zero=rng.integers(0, 16, (8, 2)).astype(np.uint8))
+    storage.write_packed(layer, result, 4, 32)
+    state = kernels.state(layer)
+    assert state.perm is None and not state.contiguous
+    x = rng.normal(size=(3, 64)).astype(np.float32)
+    W = solver.dequantize(result.q, result.scale, result.zero, g_idx)
+    assert_close(ops.convert_to_numpy(layer(x)), x @ W.T, 1e-5)
+
+
+def model_of(layer, x_shape):
+    inputs = keras.Input(x_shape[1:], batch_size=x_shape[0])
+    return keras.Model(inputs, layer(inputs))
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_saved_file_holds_the_original_column_order(tmp_path, act_order):
+    # The saved layout is the one older keras_gptq versions wrote and
+    # read (layout version 1): levels in g_idx's order.
+    layer, result, kernel, x = packed("dense", 4, 32, act_order)
+    model = model_of(layer, x.shape)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    with zipfile.ZipFile(path) as archive:
+        archive.extract("model.weights.h5", tmp_path)
+    with h5py.File(tmp_path / "model.weights.h5") as weights:
+        found = []
+        weights.visititems(lambda n, v: found.append(v[()]) if (
+            isinstance(v, h5py.Dataset) and v.dtype == np.uint8
+            and v.shape == (40, 48)) else None)
+    assert len(found) == 1
+    np.testing.assert_array_equal(found[0], storage.pack(result.q, 4))
+    reloaded = keras.saving.load_model(path)
+    with kernels.reference_only():
+        assert_close(ops.convert_to_numpy(reloaded(x)),
+                     reference(layer, x, kernel), 1e-5)
+    assert (kernels.state(reloaded.layers[-1]).perm is None) is (
+        not act_order)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the aten int4 kernels")
+class TestTorchInt4:
+
+    @pytest.mark.parametrize("group_size,kernel_group", [
+        (32, 32), (64, 64), (96, 32), (-1, 32)])
+    def test_kernel_group_divides_ours(self, group_size, kernel_group):
+        layer, _, _, _ = packed("dense", 4, group_size, act_order=False)
+        assert kernels.state(layer).int4.group_size == kernel_group
+
+    @pytest.mark.parametrize("bits,group_size", [(3, 32), (8, 32), (4, 16)])
+    def test_other_settings_take_the_reference_path(self, bits, group_size):
+        layer, _, _, _ = packed("dense", bits, group_size, act_order=False)
+        assert not uses_int4(layer)
+
+    def test_long_inputs_take_the_reference_path(self):
+        layer, _, kernel, _ = packed("dense", 4, 32, act_order=True)
+        x = np.random.default_rng(1).normal(
+            size=(kernels.INT4_MAX_TOKENS + 1, 96)).astype(np.float32)
+        # Exact to float32 rounding: the int4 kernel was not used.
+        assert_close(ops.convert_to_numpy(layer(x)),
+                     reference(layer, x, kernel), 1e-5)
+
+    def test_int4_copy_is_four_bits_a_weight(self):
+        layer, _, _, _ = packed("dense", 4, 32, act_order=False)
+        weight = kernels.state(layer).int4.weight
+        # 40 rows are padded to 48: the CPU kernel packs 16 rows a block.
+        assert weight.numel() * weight.element_size() == 48 * 96 // 2
