@@ -112,23 +112,23 @@ def dequantize_rows(packed, scale, zero, g_idx, policy, columns,
         contiguous: `g_idx` is `i // group_size` (then a reshape replaces
             two gathers).
     """
-    levels = packing.unpack(packed, policy.weight_bits, columns, xp=ops)
-    rows = packed.shape[0]
+    levels = ops.cast(packing.unpack(packed, policy.weight_bits, columns,
+                                     xp=ops), "float32")
     if contiguous:
+        # Scales and zero points repeated to one per column: XLA fuses the
+        # broadcast into the one elementwise pass over the levels (a
+        # padded [rows, groups, size] view of a short last group did not).
         size = grid.group_columns(policy.group_size, columns)
-        groups = grid.num_groups(policy.group_size, columns)
-        levels = ops.cast(levels, "float32")
-        if groups * size != columns:
-            levels = ops.pad(levels, ((0, 0), (0, groups * size - columns)))
-        levels = ops.reshape(levels, (rows, groups, size))
-        zero = ops.cast(zero, "float32")[:, :, None]
-        matrix = ops.reshape((levels - zero) * scale[:, :, None],
-                             (rows, groups * size))
-        return matrix[:, :columns]
+
+        def per_column(t):
+            return ops.repeat(ops.cast(t, "float32"), size, axis=1)[
+                :, :columns]
+
+        return (levels - per_column(zero)) * per_column(scale)
     g_idx = ops.cast(g_idx, "int32")
     scale = ops.take(scale, g_idx, axis=1)
     zero = ops.cast(ops.take(zero, g_idx, axis=1), "float32")
-    return (ops.cast(levels, "float32") - zero) * scale
+    return (levels - zero) * scale
 
 
 def dequantized_kernel(layer):
