@@ -192,3 +192,51 @@ class TestTorchInt4:
         weight = kernels.state(layer).int4.weight
         # 40 rows are padded to 48: the CPU kernel packs 16 rows a block.
         assert weight.numel() * weight.element_size() == 48 * 96 // 2
+
+
+def pack_transformer(model, bits, group_size, act_order):
+    """Packs every Dense/EinsumDense of the transformer blocks with random
+    levels (act-order: a permuted g_idx per layer)."""
+    rng = np.random.default_rng(0)
+    for layer in model._flatten_layers():
+        if not isinstance(layer, (keras.layers.Dense,
+                                  keras.layers.EinsumDense)) or (
+                "transformer_layer" not in layer.path):
+            continue
+        lay = layout.layer_layout(layer)
+        groups = grid.num_groups(group_size, lay.columns)
+        g_idx = grid.contiguous_g_idx(group_size, lay.columns)
+        if act_order:
+            g_idx = g_idx[rng.permutation(lay.columns)]
+        storage.write_packed(layer, types.SimpleNamespace(
+            q=rng.integers(0, 2**bits, (lay.rows, lay.columns)),
+            scale=rng.uniform(0.002, 0.02, (lay.rows, groups)).astype(
+                np.float32),
+            zero=np.full((lay.rows, groups), 2**(bits - 1), np.uint8),
+            g_idx=g_idx.astype(np.int32)), bits, group_size)
+
+
+@pytest.mark.parametrize("bits,act_order", [(4, False), (4, True),
+                                            (3, True)])
+def test_generate_runs_and_logits_match_the_reference(bits, act_order):
+    from helpers.models import build_causal_lm
+    from helpers.models import logits
+    model = build_causal_lm("llama3")
+    pack_transformer(model, bits, 32, act_order)
+    if BACKEND == "torch" and bits == 4:  # the aten int4 kernel runs
+        assert all(uses_int4(layer) for layer in model._flatten_layers()
+                   if storage.is_packed(layer))
+    tokens = np.random.default_rng(0).integers(1, 100, (2, 12))
+    with kernels.reference_only():
+        expected = logits(model, tokens)
+    rel = 2e-2 if BACKEND == "torch" and bits == 4 else 1e-4
+    assert_close(logits(model, tokens), expected, rel)
+    ids = np.zeros((2, 16), "int32")
+    ids[:, :5] = tokens[:, :5]
+    mask = np.zeros((2, 16), bool)
+    mask[:, :5] = True
+    out = model.generate({"token_ids": ids, "padding_mask": mask},
+                         stop_token_ids=None)
+    out_ids = ops.convert_to_numpy(out["token_ids"])
+    assert out_ids.shape == (2, 16)
+    np.testing.assert_array_equal(out_ids[:, :5], ids[:, :5])
