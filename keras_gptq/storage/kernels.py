@@ -24,10 +24,16 @@ Per backend:
   reference within bfloat16 rounding). Above `INT4_MAX_TOKENS` rows
   (prefill), the reference path, which measured faster on CPU there.
 - everywhere else (JAX, TensorFlow, other bit widths): the reference path:
-  the packed levels are dequantized inside the call and multiplied in
-  float. On CPU, XLA does not fuse the dequantization into the dot (the
-  dot is a library call); the fused multiply-and-reduce formulations
-  measured slower than this one (`benchmarks/RESULTS.md`).
+  the packed levels are dequantized inside the call (one elementwise pass
+  that XLA fuses: unpack, scale and zero point per column) and multiplied
+  in float. On CPU, XLA does not fuse a dequantization into the dot (the
+  dot is a library call), and the fused multiply-and-reduce formulations
+  tried (levels along either axis, group-major scales) measured slower
+  than this one on SmolLM2's matrices
+  (`benchmarks/packed_matmul_formulations.py`). Inside a compiled loop
+  XLA may hoist the dequantization out of the loop, as it does for
+  Keras's own int4 layers: a float copy of the weight then lives for that
+  loop's run, not in the model.
 """
 
 import contextlib
