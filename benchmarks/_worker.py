@@ -13,6 +13,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
 
 
 def peak_rss_mb():
@@ -64,3 +65,22 @@ def chosen(text, allowed, flag):
         sys.exit(f"{flag} must only name {list(allowed)}; unknown: "
                  f"{unknown}")
     return names
+
+
+def time_generate(model, prompt, batch, total, repeats):
+    """Best-of-`repeats` seconds for `model.generate` to fill
+    `[batch, total]` greedily from `prompt` (token ids; one warm-up call
+    compiles the shape first)."""
+    import numpy as np
+    ids = np.zeros((batch, total), "int32")
+    ids[:, :len(prompt)] = prompt
+    mask = np.zeros((batch, total), bool)
+    mask[:, :len(prompt)] = True
+    inputs = {"token_ids": ids, "padding_mask": mask}
+    model.generate(inputs, stop_token_ids=None)  # compiles this shape
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.generate(inputs, stop_token_ids=None)
+        best = min(best, time.perf_counter() - start)
+    return best

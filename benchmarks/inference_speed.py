@@ -34,6 +34,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _worker  # noqa: E402  (benchmarks/_worker.py)
+
 METHODS = ("float", "keras-int4", "packed", "packed-act-order")
 PROMPT = "The capital of France is"
 FULL = {"prefill_length": 256, "new_tokens": 32}
@@ -78,23 +81,6 @@ def _weights_mb(model):
     return total / 2**20
 
 
-def _time_generate(model, prompt, batch, total, repeats):
-    """Best-of-`repeats` seconds to fill `[batch, total]` greedily."""
-    import numpy as np
-    ids = np.zeros((batch, total), "int32")
-    ids[:, :len(prompt)] = prompt
-    mask = np.zeros((batch, total), bool)
-    mask[:, :len(prompt)] = True
-    inputs = {"token_ids": ids, "padding_mask": mask}
-    model.generate(inputs, stop_token_ids=None)  # compiles this shape
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model.generate(inputs, stop_token_ids=None)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def _measure(model, args):
     """`{metric: value}` for one model (see the module docstring)."""
     import numpy as np
@@ -106,16 +92,16 @@ def _measure(model, args):
     out = {}
     try:
         for batch in args.batches:
-            seconds = _time_generate(model, long, batch,
+            seconds = _worker.time_generate(model, long, batch,
                                      args.prefill_length + 1, args.repeats)
             out[f"prefill {batch}x{args.prefill_length} tok/s"] = (
                 batch * args.prefill_length / seconds)
         for batch in args.batches:
-            first = _time_generate(model, short, batch, len(short) + 1,
+            first = _worker.time_generate(model, short, batch, len(short) + 1,
                                    args.repeats)
             if batch == 1:
                 out["first token s"] = first
-            longer = _time_generate(
+            longer = _worker.time_generate(
                 model, short, batch, len(short) + 1 + args.new_tokens,
                 args.repeats)
             out[f"decode b{batch} tok/s"] = (

@@ -129,23 +129,6 @@ def _apply(method, model, args):
     return time.perf_counter() - start
 
 
-def _time_generate(model, token_ids, total, repeats=3):
-    """Best-of-`repeats` seconds to fill a `[1, total]` sequence greedily."""
-    import numpy as np
-    ids = np.zeros((1, total), "int32")
-    ids[0, :len(token_ids)] = token_ids
-    mask = np.zeros((1, total), bool)
-    mask[0, :len(token_ids)] = True
-    inputs = {"token_ids": ids, "padding_mask": mask}
-    model.generate(inputs, stop_token_ids=None)  # compiles this shape
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model.generate(inputs, stop_token_ids=None)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def _speed(model, new_tokens):
     """First-token latency (s) and decode throughput (tokens/s)."""
     import numpy as np
@@ -154,8 +137,9 @@ def _speed(model, new_tokens):
     prompt = np.asarray(x["token_ids"])[np.asarray(x["padding_mask"], bool)]
     model.preprocessor = None
     try:
-        first = _time_generate(model, prompt, len(prompt) + 1)
-        longer = _time_generate(model, prompt, len(prompt) + 1 + new_tokens)
+        first = _worker.time_generate(model, prompt, 1, len(prompt) + 1, 3)
+        longer = _worker.time_generate(model, prompt, 1,
+                                       len(prompt) + 1 + new_tokens, 3)
     finally:
         model.preprocessor = preprocessor
     return first, new_tokens / (longer - first)
