@@ -46,17 +46,13 @@ install: $(VENV)/.installed
 demo: install
 	KERAS_BACKEND=jax $(PY) -m keras_gptq.examples.demo $(DEMO_ARGS)
 
-# The fast suite under each backend, then the slow real-model tests (the
-# bundled SmolLM2-135M and Qwen2.5-Coder-0.5B) under $(SLOW_BACKEND). Any
+# The fast suite under each backend and the slow real-model tests (the
+# bundled SmolLM2-135M and Qwen2.5-Coder-0.5B) under $(SLOW_BACKEND), in two
+# lanes at once (tests/run_suites.sh; TEST_LANES=1 for one queue). Any
 # failure, or no test run (pytest exit code 5), fails the target.
 SLOW_BACKEND ?= jax
 test: install $(VENV)/.test-models $(HF_VENV)/.installed
-	@set -e; for b in $(BACKENDS); do \
-	  echo "=== KERAS_BACKEND=$$b (fast) ==="; \
-	  KERAS_BACKEND=$$b $(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS) tests; \
-	done; \
-	echo "=== KERAS_BACKEND=$(SLOW_BACKEND) (slow: real model) ==="; \
-	KERAS_BACKEND=$(SLOW_BACKEND) $(PY) -m pytest -q -p no:cacheprovider -m slow $(PYTEST_ARGS) tests
+	tests/run_suites.sh $(PY) "$(BACKENDS)" $(SLOW_BACKEND) $(PYTEST_ARGS)
 
 test-fast: install
 	@set -e; for b in $(BACKENDS); do \

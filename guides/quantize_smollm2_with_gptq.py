@@ -69,7 +69,8 @@ from keras_gptq.examples import bundled
 """
 The sizes below are the ones the numbers in this guide were measured with.
 Set `KERAS_GPTQ_GUIDE_QUICK=1` to run everything with much smaller sizes
-(this is how `tests/test_guide.py` runs it: 84 s on a quiet 2-core CPU).
+(this is how `tests/examples/test_notebook.py` runs it, in a Jupyter
+kernel; 84 s as a script on a quiet 2-core CPU).
 """
 
 QUICK = os.environ.get("KERAS_GPTQ_GUIDE_QUICK") == "1"

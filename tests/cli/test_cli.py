@@ -122,6 +122,7 @@ def test_quantize_quiet_has_no_progress_or_report(workdir):
     assert set(policies.values()) == {(8, -1)}
 
 
+@pytest.mark.one_backend
 def test_missing_preset_exits_1_without_traceback(tmp_path):
     proc = run_cli("eval", str(tmp_path / "nope"), "--dataset", "bundled")
     assert proc.returncode == 1
@@ -129,6 +130,7 @@ def test_missing_preset_exits_1_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.one_backend
 def test_usage_error_exits_2():
     proc = run_cli("quantize", "some_folder", "--bits", "5")
     assert proc.returncode == 2

@@ -31,6 +31,7 @@ def test_export_then_import_gives_the_same_model(tmp_path):
     assert proc.returncode == 1 and "--overwrite" in proc.stderr
 
 
+@pytest.mark.one_backend
 def test_usage_and_missing_folder_errors(tmp_path):
     proc = run_cli("export-hf", str(tmp_path), "--out", str(tmp_path / "x"),
                    "--format", "v3")

