@@ -25,7 +25,9 @@ Implementation notes:
   factorisations, at the cost of one Cholesky and one triangular inverse.
 - The column loop works on `W` transposed, so each column is a contiguous
   row and each rank-1 update writes contiguous memory.
-- This module knows nothing of layers, backends or models.
+- This module knows nothing of layers, backends or models. Group grids
+  fitted inside the column loop count as the run's "grid" stage
+  (`keras_gptq.utils.timing`; a no-op outside a timed run).
 """
 
 import dataclasses
@@ -34,6 +36,7 @@ import numpy as np
 import scipy.linalg
 
 from keras_gptq.algorithm import grid
+from keras_gptq.utils import timing
 
 
 class NotPositiveDefiniteError(np.linalg.LinAlgError):
@@ -331,8 +334,9 @@ def _quantize_columns(W, Hinv, P, static, col_group, settings):
             if static is None and col % size == 0:
                 # As the reference: parameters from W as of this block's
                 # start (earlier blocks' updates applied, this block's not).
-                s, z = grid.find_params(Wt[col:col + size].T, bits,
-                                        symmetric, mse)
+                with timing.stage("grid"):
+                    s, z = grid.find_params(Wt[col:col + size].T, bits,
+                                            symmetric, mse)
                 scale[:, g], zero[:, g] = s, z
             w = W1[i]
             q = grid.quantize(w, scale[:, g], zero[:, g], bits)

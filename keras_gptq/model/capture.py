@@ -9,7 +9,8 @@
   and hands each input to a callback (the pipeline flattens it to
   `[tokens, in]` rows for `keras_gptq.algorithm.hessian`).
 
-Forward passes run eagerly and, on torch, under `torch.no_grad()`.
+Forward passes run eagerly and, on torch, under `torch.no_grad()`; their
+wall time is the run's "forward" stage (`keras_gptq.utils.timing`).
 """
 
 import contextlib
@@ -17,6 +18,8 @@ import inspect
 
 import keras
 import numpy as np
+
+from keras_gptq.utils import timing
 
 
 class _Caught(Exception):
@@ -116,7 +119,7 @@ def catch_block_inputs(model, block, batches, on_batch=None):
         raise _Caught()
 
     forward = forward_model(model)
-    with no_grad(), _wrapped_call(block, catcher):
+    with timing.stage("forward"), no_grad(), _wrapped_call(block, catcher):
         for tokens in batches:
             before = len(caught)
             try:
@@ -143,7 +146,7 @@ def run_block(block, calls):
     arguments are kept as captured.
     """
     outputs = []
-    with no_grad():
+    with timing.stage("forward"), no_grad():
         for args, kwargs in calls:
             out = block(*args, **kwargs)
             if isinstance(out, (tuple, list)):

@@ -32,6 +32,7 @@ from keras_gptq.algorithm import hessian
 from keras_gptq.model import capture
 from keras_gptq.model import experts
 from keras_gptq.model import solve
+from keras_gptq.utils import timing
 
 WEIGHT_BY_ROUTER = False  # see the module docstring
 
@@ -129,7 +130,8 @@ def _solve_matrix(moe, matrix, hessians, counts, config, swaps):
         Qs.append(Q)
     q_kernel = matrix.bank_kernel(Qs)
     swaps.append((variable, kernel, q_kernel))
-    variable.assign(q_kernel)
+    with timing.stage("write"):
+        variable.assign(q_kernel)
     return results, entries
 
 
@@ -161,7 +163,8 @@ def _expert_hessians(block, moe, calls, sees, weighted):
             rows = source[tokens] if sees == "tokens" else source[e, tokens]
             if weighted:
                 rows = rows * np.sqrt(weights[tokens, slots])[:, None]
-            accumulators[e].add(rows)
+            with timing.stage("hessian"):
+                accumulators[e].add(rows)
             counts[e] += int(tokens.size)
 
     with capture.record_layer_inputs([moe.bank], add):

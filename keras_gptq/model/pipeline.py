@@ -35,6 +35,7 @@ from keras_gptq.model import structure
 solver_settings = solve.solver_settings  # the public name it always had
 from keras_gptq.utils import memory
 from keras_gptq.utils import progress
+from keras_gptq.utils import timing
 
 
 def quantize(model, config, filters=None, verbose=True):
@@ -76,15 +77,31 @@ def quantize(model, config, filters=None, verbose=True):
         warnings.warn("No Dense/EinsumDense layer matched `filters`; the "
                       "model is unchanged.", stacklevel=2)
         return report_lib.QuantizationReport([], 0.0, 0)
-    start = time.perf_counter()
-    windows = calibration.calibration_windows(
-        config.dataset, config.tokenizer, config.num_samples,
-        config.sequence_length, seed=config.seed,
-        framing=calibration.model_framing(model, config.tokenizer,
-                                    config.add_start_token))
-    step = config.calibration_batch_size
-    batches = [windows[i:i + step] for i in range(0, len(windows), step)]
-    solved = _walk(model, blocks, (targets, banks), batches, config, verbose)
+    with timing.record() as timer:
+        start = time.perf_counter()
+        with timing.stage("calibration"):
+            windows = calibration.calibration_windows(
+                config.dataset, config.tokenizer, config.num_samples,
+                config.sequence_length, seed=config.seed,
+                framing=calibration.model_framing(model, config.tokenizer,
+                                                  config.add_start_token))
+        step = config.calibration_batch_size
+        batches = [windows[i:i + step] for i in range(0, len(windows), step)]
+        solved = _walk(model, blocks, (targets, banks), batches, config,
+                       verbose)
+        with timing.stage("write"):
+            _write_all(solved, config)
+            structure.reset_compiled_functions(model)
+        seconds = time.perf_counter() - start
+    report = report_lib.QuantizationReport(
+        [entry for item in solved for entry in item.entries],
+        seconds, int(windows.size), stages=dict(timer.seconds))
+    model.gptq_report = report
+    return report
+
+
+def _write_all(solved, config):
+    """Packs every solved item; on failure unpacks those already packed."""
     written = []
     try:
         for item in solved:
@@ -93,12 +110,6 @@ def quantize(model, config, filters=None, verbose=True):
         for item, token in reversed(written):
             item.restore(token)
         raise
-    structure.reset_compiled_functions(model)
-    report = report_lib.QuantizationReport(
-        [entry for item in solved for entry in item.entries],
-        time.perf_counter() - start, int(windows.size))
-    model.gptq_report = report
-    return report
 
 
 @dataclasses.dataclass
@@ -218,7 +229,8 @@ def _solve_block(block, targets, inputs, config, bar):
                     kernel, q_kernel, result, entry = _solve_layer(
                         layer, H, config, dXXT)
                     swaps.append((layer._kernel, kernel, q_kernel))
-                    layer._kernel.assign(q_kernel)
+                    with timing.stage("write"):
+                        layer._kernel.assign(q_kernel)
                     solved.append(SolvedLayer(layer, result, entry))
                     bar.update()
             del hessians
@@ -233,8 +245,9 @@ def _solve_block(block, targets, inputs, config, bar):
                                   next_float_calls)
         return solved, next_inputs
     finally:
-        for variable, kernel, _ in swaps:
-            variable.assign(kernel)
+        with timing.stage("write"):
+            for variable, kernel, _ in swaps:
+                variable.assign(kernel)
 
 
 def _probe_groups(block, layers, call):
@@ -296,14 +309,16 @@ def _hessians(block, groups, calls, float_path=None, sink_weight=1.0):
             positions == 0, np.float32(sink_weight), np.float32(1.0))
 
     def keep_float(layer, x):
-        float_rows[layer].append(rows(layer, x))
+        with timing.stage("hessian"):
+            float_rows[layer].append(rows(layer, x))
 
     def add(layer, x):
-        if float_path is None:
-            owners[layer].add(rows(layer, x), weights=weights(layer, x))
-        else:
-            owners[layer].add(rows(layer, x), float_rows[layer].pop(0),
-                              weights=weights(layer, x))
+        with timing.stage("hessian"):
+            if float_path is None:
+                owners[layer].add(rows(layer, x), weights=weights(layer, x))
+            else:
+                owners[layer].add(rows(layer, x), float_rows[layer].pop(0),
+                                  weights=weights(layer, x))
 
     float_calls, swaps = float_path or (None, ())
     float_outputs = None if float_calls is None else []
@@ -315,8 +330,9 @@ def _hessians(block, groups, calls, float_path=None, sink_weight=1.0):
                                                    [float_calls[index]])
         with capture.record_layer_inputs(list(owners), add):
             capture.run_block(block, [call])
-    hessians = {g[0]: (owners[g[0]].result(), owners[g[0]].cross_result())
-                for g in groups}
+    with timing.stage("hessian"):
+        hessians = {g[0]: (owners[g[0]].result(),
+                           owners[g[0]].cross_result()) for g in groups}
     return hessians, float_outputs
 
 
@@ -325,12 +341,14 @@ def _float_kernels(swaps):
     """Puts each `(variable, float value, quantized value)`'s float value
     in place; the quantized one goes back on exit."""
     try:
-        for variable, kernel, _ in swaps:
-            variable.assign(kernel)
+        with timing.stage("write"):
+            for variable, kernel, _ in swaps:
+                variable.assign(kernel)
         yield
     finally:
-        for variable, _, q_kernel in swaps:
-            variable.assign(q_kernel)
+        with timing.stage("write"):
+            for variable, _, q_kernel in swaps:
+                variable.assign(q_kernel)
 
 
 def _solve_layer(layer, H, config, dXXT=None):

@@ -7,6 +7,14 @@ import numpy as np
 from keras_gptq.algorithm import grid
 from keras_gptq.algorithm import solver
 
+# The stages of a run, in the order the data meets them: tokenizing into
+# windows; forward passes (catching the first block's inputs, running
+# float/quantized blocks, GPTAQ's float passes); Hessian accumulation;
+# grid fits (scale/zero); the GPTQ solve less its grid fits; the report's
+# RTN-vs-GPTQ errors; putting weights in place and packing.
+STAGES = ("calibration", "forward", "hessian", "grid", "solve", "report",
+          "write")
+
 
 @dataclasses.dataclass
 class LayerReport:
@@ -77,15 +85,29 @@ class QuantizationReport:
         layers: list of `LayerReport`.
         seconds: wall time of the run (calibration included).
         calibration_tokens: tokens fed through the model.
+        stages: `{stage: wall seconds}` of the run, exclusive of each
+            other (see `STAGES`); `seconds` minus their sum is the rest
+            (checks, bookkeeping).
     """
 
     layers: list
     seconds: float
     calibration_tokens: int
+    stages: dict = dataclasses.field(default_factory=dict)
 
     def to_dicts(self):
         """Returns the layer entries as a list of plain dicts."""
         return [dataclasses.asdict(entry) for entry in self.layers]
+
+    def stage_seconds(self):
+        """Returns `{stage: seconds}` in `STAGES` order, plus `"other"`:
+        the run's time outside every stage (never negative)."""
+        split = {name: self.stages[name] for name in STAGES
+                 if name in self.stages}
+        split.update({name: value for name, value in self.stages.items()
+                      if name not in split})
+        split["other"] = max(self.seconds - sum(split.values()), 0.0)
+        return split
 
     def __str__(self):
         lines = [f"{'layer':<60} {'shape':>12} {'bits':>4} {'group':>5} "
@@ -99,4 +121,8 @@ class QuantizationReport:
                 + (f"  {e.note}" if e.note else ""))
         lines.append(f"{len(self.layers)} layers, {self.calibration_tokens} "
                      f"calibration tokens, {self.seconds:.1f} s")
+        if self.stages:
+            lines.append("stages: " + ", ".join(
+                f"{name} {value:.1f} s"
+                for name, value in self.stage_seconds().items()))
         return "\n".join(lines)

@@ -14,6 +14,7 @@ import numpy as np
 from keras_gptq.algorithm import grid
 from keras_gptq.algorithm import solver
 from keras_gptq.model import report as report_lib
+from keras_gptq.utils import timing
 
 
 def solver_settings(config):
@@ -68,14 +69,16 @@ def solve_matrix(name, W, H, config, dXXT=None, rtn_note=None):
     start = time.perf_counter()
     # RTN's grid: the report's baseline and, with static groups, the
     # solver's grid too (fitted once: with mse it is the costly part).
-    rtn_grid = settings.fit_grid(W)
-    if rtn_note is None:
-        result = solver.solve_gptq(W, H, settings, dXXT=dXXT,
-                                   group_params=rtn_grid)
-    else:
-        result = solver.SolverResult(*grid.rtn_quantize(
-            W, settings.bits, settings.group_size, settings.symmetric,
-            settings.mse, params=rtn_grid), damping=0.0)
+    with timing.stage("grid"):
+        rtn_grid = settings.fit_grid(W)
+    with timing.stage("solve"):
+        if rtn_note is None:
+            result = solver.solve_gptq(W, H, settings, dXXT=dXXT,
+                                       group_params=rtn_grid)
+        else:
+            result = solver.SolverResult(*grid.rtn_quantize(
+                W, settings.bits, settings.group_size, settings.symmetric,
+                settings.mse, params=rtn_grid), damping=0.0)
     seconds = time.perf_counter() - start
     Q = solver.dequantize(result.q, result.scale, result.zero, result.g_idx)
     if result.damping > config.hessian_damping:
@@ -83,7 +86,8 @@ def solve_matrix(name, W, H, config, dXXT=None, rtn_note=None):
             f"Hessian of {name!r} was not positive definite; damping "
             f"raised from {config.hessian_damping:g} to {result.damping:g}.",
             stacklevel=4)
-    entry = report_lib.layer_entry(name, W, Q, H, settings, result,
-                                   seconds, rtn_grid=rtn_grid)
+    with timing.stage("report"):
+        entry = report_lib.layer_entry(name, W, Q, H, settings, result,
+                                       seconds, rtn_grid=rtn_grid)
     entry.note = rtn_note or ""
     return result, Q, entry

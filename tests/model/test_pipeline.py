@@ -10,6 +10,7 @@ import keras_gptq
 from keras_gptq.model import baselines
 from keras_gptq.model import capture
 from keras_gptq.model import pipeline
+from keras_gptq.model import report as report_lib
 from keras_gptq.algorithm import hessian
 from keras_gptq.algorithm import solver
 from keras_gptq import storage
@@ -68,6 +69,27 @@ def test_report_lists_every_layer_with_errors(calibration_tokens):
         assert entry.seconds >= 0 and entry.damping == 0.01
     assert report.calibration_tokens == 32 * 64
     assert "query" in str(report)
+
+
+@pytest.mark.parametrize("options", [
+    dict(), dict(asymmetric_calibration=True, true_sequential=True)])
+def test_report_splits_the_run_into_stages(options, calibration_tokens):
+    model = build_causal_lm("llama3")
+    report = keras_gptq.quantize(model, _config(calibration_tokens,
+                                                **options), verbose=False)
+    stages = report.stage_seconds()
+    assert list(stages) == list(report_lib.STAGES) + ["other"]
+    assert all(seconds >= 0 for seconds in stages.values()), stages
+    # Every stage ran, and the exclusive stages fit in the wall time.
+    for name in report_lib.STAGES:
+        assert report.stages[name] > 0, (name, report.stages)
+    assert sum(report.stages.values()) <= report.seconds
+    assert abs(sum(stages.values()) - report.seconds) < 1e-6
+    # The solver time of each layer (grid + solve) is in those stages.
+    solved = sum(entry.seconds for entry in report.layers)
+    assert report.stages["grid"] + report.stages["solve"] <= solved
+    text = str(report)
+    assert all(f"{name} " in text.splitlines()[-1] for name in stages)
 
 
 @pytest.mark.parametrize("options", [
