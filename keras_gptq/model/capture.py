@@ -19,6 +19,7 @@ import inspect
 import keras
 import numpy as np
 
+from keras_gptq.model import devices
 from keras_gptq.utils import timing
 
 
@@ -94,7 +95,7 @@ def _hidden_states_first(first_parameter, args, kwargs):
     return (kwargs.pop(first_parameter),), kwargs
 
 
-def catch_block_inputs(model, block, batches, on_batch=None):
+def catch_block_inputs(model, block, batches, on_batch=None, place=None):
     """Runs `model` on each batch and keeps the arguments `block` receives.
 
     Args:
@@ -102,6 +103,8 @@ def catch_block_inputs(model, block, batches, on_batch=None):
         block: the first block to be quantized.
         batches: iterable of `[batch, seq]` int32 token arrays.
         on_batch: optional callable, called after each batch (progress).
+        place: optional callable mapping the model's inputs to where they
+            run (`devices.placer`: sharded over a distribution's devices).
 
     Returns:
         A list, one per batch, of `(args, kwargs)` as passed to `block`,
@@ -122,8 +125,10 @@ def catch_block_inputs(model, block, batches, on_batch=None):
     with timing.stage("forward"), no_grad(), _wrapped_call(block, catcher):
         for tokens in batches:
             before = len(caught)
+            inputs = model_inputs(forward, tokens)
             try:
-                forward(model_inputs(forward, tokens), training=False)
+                forward(inputs if place is None else place(inputs),
+                        training=False)
             except _Caught:
                 pass
             if len(caught) == before:
@@ -159,17 +164,30 @@ def run_block(block, calls):
 def record_layer_inputs(layers, callback):
     """Calls `callback(layer, x)` with each input of `layers` while active.
 
+    An input split over several devices (`devices.batch_parts`) is handed
+    over one device's part at a time, in batch order, as if each device's
+    batch had run alone; layers sharing one input receive the same part
+    objects.
+
     Args:
         layers: the layers to watch (their `call` is wrapped on the
             instance and restored on exit).
         callback: receives the layer and its first positional input.
     """
+    last = [None, None]  # the latest input and its parts
+
+    def parts(x):
+        if last[0] is not x:
+            last[:] = [x, devices.batch_parts(x)]
+        return last[1]
+
     with contextlib.ExitStack() as stack:
         for layer in layers:
             original = layer.call
 
             def wrapper(x, *args, _layer=layer, _original=original, **kw):
-                callback(_layer, x)
+                for part in parts(x):
+                    callback(_layer, part)
                 return _original(x, *args, **kw)
 
             stack.enter_context(_wrapped_call(layer, wrapper))

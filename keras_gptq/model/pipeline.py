@@ -26,6 +26,7 @@ from keras_gptq.algorithm import solver
 from keras_gptq.config import GPTQConfig
 from keras_gptq.model import calibration
 from keras_gptq.model import capture
+from keras_gptq.model import devices
 from keras_gptq.model import expert_walk
 from keras_gptq.model import layout as layout_lib
 from keras_gptq.model import report as report_lib
@@ -65,6 +66,8 @@ def quantize(model, config, filters=None, verbose=True):
         )
     structure.check_filters(filters)
     _check_model(model, config)
+    distribution = devices.active()
+    devices.check_model(model, distribution)
     blocks = structure.sequential_blocks(
         model, config.quantization_layer_structure)
     targets = {id(b): [layer for layer in structure.target_layers(
@@ -86,9 +89,11 @@ def quantize(model, config, filters=None, verbose=True):
                 framing=calibration.model_framing(model, config.tokenizer,
                                                   config.add_start_token))
         step = config.calibration_batch_size
-        batches = [windows[i:i + step] for i in range(0, len(windows), step)]
+        batches = devices.global_batches(
+            [windows[i:i + step] for i in range(0, len(windows), step)],
+            distribution)
         solved = _walk(model, blocks, (targets, banks), batches, config,
-                       verbose)
+                       verbose, devices.placer(distribution))
         with timing.stage("write"):
             _write_all(solved, config)
             structure.reset_compiled_functions(model)
@@ -166,10 +171,11 @@ def _check_model(model, config):
         )
 
 
-def _walk(model, blocks, targets, batches, config, verbose):
+def _walk(model, blocks, targets, batches, config, verbose, place=None):
     """Solves every block in order; returns the `SolvedLayer`s (and
     `expert_walk.SolvedBank`s). `targets` is `(layers, banks)`, each a
-    dict keyed by `id(block)`.
+    dict keyed by `id(block)`; `place` puts the model inputs on the
+    devices (`devices.placer`), None leaves them to the backend.
 
     Only the block being solved holds its dequantized weights (so that the
     next block's inputs come from the quantized block); its float kernels
@@ -178,7 +184,7 @@ def _walk(model, blocks, targets, batches, config, verbose):
     """
     with progress.bar(len(batches), "calibration", "batch", verbose) as bar:
         calls = capture.catch_block_inputs(model, blocks[0], batches,
-                                           on_batch=bar.update)
+                                           on_batch=bar.update, place=place)
     # Asymmetric calibration carries the float model's block inputs too.
     inputs = BlockInputs(calls, calls if config.asymmetric_calibration
                          else None)
