@@ -63,6 +63,8 @@ def test_four_devices_give_the_one_device_integers(case, tmp_path):
         split = json.load(f)
     # The four-device run really split the layer inputs; one device never.
     assert split["one"] == 0 and split["four"] > 0, split
+    # A model built before the distribution is refused, saying why.
+    assert "set_distribution" in split.get("stale_error", ""), split
     floats = [np.load(tmp_path / f"{run}_float.npz") for run in
               ("one", "four")]
     assert sorted(floats[0].files) == sorted(floats[1].files)

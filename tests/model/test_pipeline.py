@@ -476,9 +476,9 @@ def _calibration_batches(monkeypatch, model, config):
     seen = []
     original = capture.catch_block_inputs
 
-    def spy(model, block, batches, on_batch=None):
+    def spy(model, block, batches, on_batch=None, place=None):
         seen.extend(np.array(b) for b in batches)
-        return original(model, block, batches, on_batch)
+        return original(model, block, batches, on_batch, place)
 
     monkeypatch.setattr(capture, "catch_block_inputs", spy)
     keras_gptq.quantize(model, config, verbose=False)
