@@ -3,7 +3,11 @@ they never add up to more than the wall time of the run."""
 
 import time
 
+import pytest
+
 from keras_gptq.utils import timing
+
+pytestmark = pytest.mark.one_backend  # pure Python: no backend involved
 
 PAUSE = 0.02  # seconds slept inside a stage
 
