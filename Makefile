@@ -38,6 +38,16 @@ $(HF_VENV)/.installed:
 	$(HF_VENV)/bin/python -m pip install -q transformers==5.24.0 accelerate \
 	  "gguf>=0.19" safetensors numpy
 	touch $@
+# GPTQModel 7.7.0 there too: the real consumer of tests/hf/test_hf_consumers.py.
+# It declares torch>=2.14.1 (no CPU wheel here; its CPU torch kernel runs on
+# 2.13.0) and quantization-only deps its loader never imports (datasets,
+# pyarrow, torchao, maturin, ninja): its other deps pinned, then --no-deps.
+$(HF_VENV)/.gptqmodel: $(HF_VENV)/.installed
+	$(HF_VENV)/bin/python -m pip install -q defuser==0.0.28 device-smi==0.5.7 \
+	  logbar==0.4.15 pypcre==0.6.4 tokenicer==0.0.14 dill==0.4.1 \
+	  pillow==13.0.0 protobuf==7.36.2 threadpoolctl==3.8.0
+	$(HF_VENV)/bin/python -m pip install -q --no-deps gptqmodel==7.7.0
+	touch $@
 export KERAS_GPTQ_HF_PYTHON ?= $(abspath $(HF_VENV))/bin/python
 
 install: $(VENV)/.installed
@@ -51,7 +61,7 @@ demo: install
 # lanes at once (tests/run_suites.sh; TEST_LANES=1 for one queue). Any
 # failure, or no test run (pytest exit code 5), fails the target.
 SLOW_BACKEND ?= jax
-test: install $(VENV)/.test-models $(HF_VENV)/.installed
+test: install $(VENV)/.test-models $(HF_VENV)/.gptqmodel
 	tests/run_suites.sh $(PY) "$(BACKENDS)" $(SLOW_BACKEND) $(PYTEST_ARGS)
 
 test-fast: install

@@ -3,8 +3,8 @@
 Each benchmark row (a quantization method on a model) runs in its own
 Python process, so that peak RSS and timings belong to that row alone.
 `run_worker` starts `script --worker METHOD --result FILE FLAGS...` and
-returns the JSON row the worker wrote; `peak_rss_mb` and `dir_mb` are the
-measurements every worker takes.
+returns the JSON row the worker wrote; `peak_rss_mb`, `weights_mb` and
+`dir_mb` are the measurements every worker takes.
 """
 
 import json
@@ -19,6 +19,14 @@ import time
 def peak_rss_mb():
     """This process's peak resident memory so far, in MB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def weights_mb(model):
+    """The bytes of every weight of `model` (packed levels, scales and float
+    weights as stored), in MiB."""
+    import numpy as np
+    return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+               for v in model.weights) / 2**20
 
 
 def dir_mb(path):
@@ -54,6 +62,65 @@ def run_worker(script, method, flags, python=None):
             return {"method": method, "error": proc.returncode}
         with open(path) as f:
             return json.load(f)
+
+
+def preset_mb(model, prefix):
+    """The size of `model.save_to_preset` (a temporary folder), in MB."""
+    import shutil
+    folder = tempfile.mkdtemp(prefix=prefix)
+    try:
+        model.save_to_preset(folder)
+        return dir_mb(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def reused_rows(path):
+    """`{method: row}` of the finished rows of a previous `.json` output
+    (`path` None: none)."""
+    if not path:
+        return {}
+    with open(path) as f:
+        return {r["method"]: r for r in json.load(f)["rows"]
+                if "error" not in r}
+
+
+def run_rows(methods, run_one, render, args):
+    """Runs `run_one(method)` for each of `methods` (or keeps its row from
+    `args.reuse`); after each, writes `args.out` + `.json` (args and rows)
+    and `.md` (`render(rows, args)`). Prints and returns the table."""
+    reused = reused_rows(args.reuse)
+    rows = []
+    for method in methods:
+        rows.append(reused.get(method) or run_one(method))
+        page = write_outputs(rows, render, args)
+    print(page)
+    return page
+
+
+def write_outputs(rows, render, args):
+    """Writes `args.out` + `.json` (args and rows) and `.md` (the table
+    `render(rows, args)`); returns the table."""
+    with open(args.out + ".json", "w") as f:
+        json.dump({"args": vars(args), "rows": rows}, f, indent=1)
+    page = render(rows, args)
+    with open(args.out + ".md", "w") as f:
+        f.write(page + "\n")
+    return page
+
+
+def add_row_flags(parser, samples):
+    """Adds the flags of a calibrate-and-score benchmark: `--samples`
+    (default `samples`), `--seq-len`, `--eval-windows`, `--reuse` and the
+    hidden `--worker`/`--result` of `run_worker`."""
+    import argparse
+    parser.add_argument("--samples", type=int, default=samples)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--eval-windows", type=int, default=8)
+    parser.add_argument("--reuse", default=None,
+                        help="a previous .json; its finished rows are kept")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
 
 
 def chosen(text, allowed, flag):

@@ -159,16 +159,10 @@ def parse_args(argv=None):
     p.add_argument("--model", choices=MODELS, default="qwen2.5-0.5b")
     p.add_argument("--methods", default=",".join(METHODS),
                    help="comma-separated subset of " + ",".join(METHODS))
-    p.add_argument("--samples", type=int, default=128)
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--eval-windows", type=int, default=8)
     p.add_argument("--out", default=None,
                    help="output path without extension (default: "
                         "benchmarks/real_models_<model>)")
-    p.add_argument("--reuse", default=None,
-                   help="a previous .json; its finished methods are kept")
-    p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--result", help=argparse.SUPPRESS)
+    _worker.add_row_flags(p, samples=128)
     return p.parse_args(argv)
 
 
@@ -178,21 +172,9 @@ def main(argv=None):
     if args.worker:
         return worker(args.worker, args.result, args)
     methods = _worker.chosen(args.methods, METHODS, "--methods")
-    out = args.out or os.path.join(HERE, "real_models_" + args.model)
-    reused = {}
-    if args.reuse:
-        with open(args.reuse) as f:
-            reused = {r["method"]: r for r in json.load(f)["rows"]
-                      if "error" not in r}
-    rows = []
-    for method in methods:
-        rows.append(reused.get(method) or _run_worker(method, args))
-        with open(out + ".json", "w") as f:
-            json.dump({"args": vars(args), "rows": rows}, f, indent=1)
-        page = render(rows, args)
-        with open(out + ".md", "w") as f:
-            f.write(page + "\n")
-    print(page)
+    args.out = args.out or os.path.join(HERE, "real_models_" + args.model)
+    _worker.run_rows(methods, lambda method: _run_worker(method, args),
+                     render, args)
 
 
 if __name__ == "__main__":

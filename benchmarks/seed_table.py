@@ -36,9 +36,7 @@ import argparse
 import gc
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -69,12 +67,6 @@ LABELS = {
                    "asymmetric calibration (GPTAQ)",
 }
 PROMPTS = ["The history of the city", "Photosynthesis is the process"]
-
-
-def _weights_mb(model):
-    import numpy as np
-    return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
-               for v in model.weights) / 2**20
 
 
 def _dense_only(layer):
@@ -158,7 +150,7 @@ def worker(method, result_path, args):
     gc.collect()
     out = {"method": method, "load_s": load_s, "quant_s": quant_s,
            "peak_rss_mb": _worker.peak_rss_mb(),
-           "weights_mb": _weights_mb(model),
+           "weights_mb": _worker.weights_mb(model),
            "backend": keras.config.backend(),
            "load_avg": os.getloadavg()[0]}
     out["perplexity"] = keras_gptq.evaluate_perplexity(
@@ -169,12 +161,7 @@ def worker(method, result_path, args):
     out["generations"] = [str(keras.ops.convert_to_numpy(
         model.generate(p, max_length=args.gen_length))) for p in PROMPTS]
     out["first_token_s"], out["decode_tok_s"] = _speed(model, args.new_tokens)
-    folder = tempfile.mkdtemp(prefix=f"seed_{method}_")
-    try:
-        model.save_to_preset(folder)
-        out["preset_mb"] = _worker.dir_mb(folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    out["preset_mb"] = _worker.preset_mb(model, f"seed_{method}_")
     with open(result_path, "w") as f:
         json.dump(out, f)
 
@@ -333,21 +320,12 @@ def main(argv=None):
     if "float" not in methods:
         sys.exit("--methods must include 'float' (every row is compared "
                  "with it).")
-    reused = {}
-    if args.reuse:
-        with open(args.reuse) as f:
-            reused = {r["method"]: r for r in json.load(f)["rows"]
-                      if "error" not in r}
+    reused = _worker.reused_rows(args.reuse)
     rows = [reused[m] if m in reused else _run_worker(m, args)
             for m in methods]
     if "error" in rows[methods.index("float")]:
         sys.exit("the float run failed; no table")
-    with open(args.out + ".json", "w") as f:
-        json.dump({"args": vars(args), "rows": rows}, f, indent=1)
-    page = render(rows, args)
-    with open(args.out + ".md", "w") as f:
-        f.write(page + "\n")
-    print(page)
+    print(_worker.write_outputs(rows, render, args))
     try:
         chart(rows, args.out + ".png", MODEL_TITLES[args.model])
     except ImportError:

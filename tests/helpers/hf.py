@@ -78,6 +78,22 @@ def pack_randomly(model, bits, group_size, sym, act_order, seed=0,
     return model
 
 
+def pack_mixed(model, settings_for, sym=False, act_order=True, seed=0):
+    """Puts random packed GPTQ weights into every block layer with the
+    `(bits, group_size)` that `settings_for(layer.path)` gives; a layer
+    for which it gives None stays float (dense families only)."""
+    rng = np.random.default_rng(seed)
+    for layer in block_layers(model):
+        settings = settings_for(layer.path)
+        if settings is None:
+            continue
+        lay = layout.layer_layout(layer)
+        storage.write_packed(layer, _random_result(
+            rng, lay.rows, lay.columns, *settings, sym, act_order,
+            fp16_scales=True, zero_low=1), *settings)
+    return model
+
+
 # Widths that are multiples of 32, as the format packs 32 levels a word
 # (`helpers.families` gives Gemma and Gemma 3 a hidden size of 48), and
 # what the transformers architectures fix: Gemma 3's post norms, Bloom's
