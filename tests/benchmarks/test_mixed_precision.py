@@ -19,6 +19,7 @@ SPEC = importlib.util.spec_from_file_location(
     os.path.join(HERE, "..", "..", "benchmarks", "mixed_precision.py"))
 mixed_precision = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(mixed_precision)
+pytestmark = pytest.mark.one_backend  # settings and text only
 
 BLOCKS = 30  # SmolLM2-135M's transformer blocks
 LAYERS = ("self_attention/query", "self_attention/key",

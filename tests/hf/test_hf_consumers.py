@@ -137,6 +137,7 @@ def test_gptqmodel_loads_the_export(consumed, name):
                                err_msg=str(versions))
 
 
+@pytest.mark.one_backend
 def test_the_cases_cover_every_exported_family():
     from keras_gptq.hf import families
     covered = {case[0] for case in CASES.values()} - {"mixed"}
