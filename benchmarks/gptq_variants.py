@@ -72,6 +72,8 @@ VARIANTS = [
     ("act-order + static groups + asymmetric calibration, 128 x 256 tokens",
      dict(activation_order=True, static_groups=True,
           asymmetric_calibration=True, num_samples=128)),
+    ("act-order, damping 0.001", dict(activation_order=True,
+                                      hessian_damping=0.001)),
 ]
 
 
