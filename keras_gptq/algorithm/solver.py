@@ -25,6 +25,9 @@ Implementation notes:
   factorisations, at the cost of one Cholesky and one triangular inverse.
 - The column loop works on `W` transposed, so each column is a contiguous
   row and each rank-1 update writes contiguous memory.
+- BLAS and LAPACK run on one thread (`keras_gptq.utils.blas`): on a
+  busy machine OpenBLAS's threads spin-wait on each other, and one thread
+  makes the integers independent of the core count.
 - This module knows nothing of layers, backends or models. Group grids
   fitted inside the column loop count as the run's "grid" stage
   (`keras_gptq.utils.timing`; a no-op outside a timed run).
@@ -36,6 +39,7 @@ import numpy as np
 import scipy.linalg
 
 from keras_gptq.algorithm import grid
+from keras_gptq.utils import blas
 from keras_gptq.utils import timing
 
 
@@ -223,6 +227,7 @@ def _static_grid(W, H, dXXT, settings, group_params):
     return static
 
 
+@blas.single_threaded()
 def solve_gptq(W, H, settings=SolverSettings(), *, dXXT=None,
                group_params=None):
     """Quantizes `W` with GPTQ, using the Hessian `H` of its inputs.

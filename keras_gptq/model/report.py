@@ -6,6 +6,7 @@ import numpy as np
 
 from keras_gptq.algorithm import grid
 from keras_gptq.algorithm import solver
+from keras_gptq.utils import blas
 
 # The stages of a run, in the order the data meets them: tokenizing into
 # windows; forward passes (catching the first block's inputs, running
@@ -48,6 +49,7 @@ class LayerReport:
     note: str = ""
 
 
+@blas.single_threaded()
 def layer_entry(name, W, Q, H, settings, result, seconds, rtn_grid=None):
     """Builds a `LayerReport`, measuring RTN's error on the same grid.
 
