@@ -278,9 +278,7 @@ def solve_gptq(W, H, settings=SolverSettings(), *, dXXT=None,
                                      settings.damping_step)
     P = None
     if dXXT is not None:
-        Hinv64 = Hinv.astype(np.float64)
-        P = (settings.alpha * np.triu(dXXT @ Hinv64.T, 1) @ Hinv64).astype(
-            np.float32)
+        P = _gptaq_term(dXXT, Hinv, settings.alpha, settings.block_size)
     natural_g_idx = grid.contiguous_g_idx(settings.group_size, columns)
     Qt, scale, zero = _quantize_columns(
         W, Hinv, P, static, natural_g_idx[perm] if static else natural_g_idx,
@@ -295,6 +293,26 @@ def solve_gptq(W, H, settings=SolverSettings(), *, dXXT=None,
         g_idx=g_idx.astype(np.int32),
         damping=float(damping),
     )
+
+
+def _gptaq_term(dXXT, Hinv, alpha, block_size):
+    """GPTAQ's `P = alpha triu(dXXT Hinv^T, 1) Hinv`, float64 into float32.
+
+    `Hinv` is upper triangular, so row block `[a, b)` of both products
+    only needs columns and inner indices from `a` on (the terms left out
+    are exact zeros): a third of the two dense products' work, one
+    `block_size` of rows at a time. Only the order in which float64
+    partial sums are added changes.
+    """
+    Hinv = Hinv.astype(np.float64)
+    columns = Hinv.shape[0]
+    P = np.zeros((columns, columns), dtype=np.float32)
+    for a in range(0, columns, block_size):
+        b = min(a + block_size, columns)
+        T = dXXT[a:b, a:] @ Hinv[a:, a:].T  # dXXT Hinv^T, rows a:b, cols a:
+        T[:, :b - a] = np.triu(T[:, :b - a], 1)
+        P[a:b, a:] = alpha * T @ Hinv[a:, a:]
+    return P
 
 
 def _quantize_columns(W, Hinv, P, static, col_group, settings):
