@@ -213,7 +213,7 @@ def render(new, old):
             lines.append(
                 f"| {r['shape'].split('->')[0]} | {r['factor_1']:.4f} | "
                 f"{r['factor_default']:.4f} ({r['threads_default']}) | "
-                f"{r['factor_default'] / r['factor_1']:.0f}x |")
+                f"{r['factor_default'] / r['factor_1']:.1f}x |")
     return "\n".join(lines)
 
 

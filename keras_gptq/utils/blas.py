@@ -4,9 +4,10 @@ The solver's matrices are small (hundreds to a few thousand columns) and
 its LAPACK calls (`potrf`, `trtri`) synchronise their threads at every
 block. On a machine whose cores are busy (other processes, or this run's
 own backend threads) a thread that waits for a descheduled partner spins:
-`benchmarks/solver_speed.py --blas-threads` measured the 576-column
-factorisation 180x slower with OpenBLAS's default 2 threads than with 1 on
-the loaded 2-core machine (numbers in `benchmarks/RESULTS.md`). OpenBLAS's
+on the shared 2-core machine `benchmarks/layer_speed.py` measured
+`solve_gptq` up to 12x slower with OpenBLAS's default 2 threads than with 1
+(the factorisation alone up to 70x at load 17; numbers in
+`benchmarks/RESULTS.md`). OpenBLAS's
 threaded `potrf` also rounds differently from its single-threaded one, so
 one thread makes the integers independent of the machine's core count.
 
