@@ -6,7 +6,7 @@ backend per process:
 * native: Keras 3's own solver (`keras.src.quantizers.gptq.GPTQ`) on a
   `Dense` layer whose kernel is W^T and whose Hessian is set to our H;
 * ours: `keras_gptq.algorithm.solver.solve_gptq`;
-* reference: the float64 numpy oracle in `tests/reference_gptq.py`.
+* reference: the float64 numpy oracle in `tests/helpers/reference_gptq.py`.
 
 It prints a markdown table of wall times and of the output error
 `tr((W - Q) H (W - Q)^T)` of each, with error ratios against the reference.
@@ -146,7 +146,7 @@ def factorization_floor(H, repeats):
 def reference_solve(W, H, bits, group_size, symmetric):
     """Runs the float64 reference oracle; returns `(seconds, Q)`."""
     sys.path.insert(0, os.path.join(REPO, "tests"))
-    from reference_gptq import reference_gptq
+    from helpers.reference_gptq import reference_gptq
 
     start = time.perf_counter()
     res = reference_gptq(W, H, bits=bits, group_size=group_size, symmetric=symmetric)
@@ -166,7 +166,7 @@ def ours_available():
 
 def benchmark_shape(in_features, out_features, args, with_ours):
     """Times native, ours and reference on one shape; returns a result dict."""
-    from reference_gptq import output_error
+    from helpers.reference_gptq import output_error
 
     W, H = make_problem(args.seed, in_features, out_features, args.tokens)
     settings = (args.bits, args.group_size, args.symmetric)
