@@ -123,6 +123,13 @@ def add_row_flags(parser, samples):
     parser.add_argument("--result", help=argparse.SUPPRESS)
 
 
+def row_flags(args):
+    """The `add_row_flags` values of `args` as a worker's command-line
+    flags (`--samples`, `--seq-len`, `--eval-windows`)."""
+    return ["--samples", str(args.samples), "--seq-len", str(args.seq_len),
+            "--eval-windows", str(args.eval_windows)]
+
+
 def chosen(text, allowed, flag):
     """The comma-separated names of `text`; exits naming `flag` and the
     allowed names when one is unknown."""

@@ -162,9 +162,8 @@ def main(argv=None):
         return worker(args.worker, args.result, args)
     methods = _worker.chosen(args.methods, METHODS, "--methods")
     _worker.run_rows(methods, lambda method: _worker.run_worker(
-        __file__, method, [
-            "--samples", str(args.samples), "--seq-len", str(args.seq_len),
-            "--eval-windows", str(args.eval_windows)]), render, args)
+        __file__, method, _worker.row_flags(args)), render, args)
+
 
 if __name__ == "__main__":
     main()

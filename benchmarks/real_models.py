@@ -104,10 +104,8 @@ def worker(method, result_path, args):
 
 def _run_worker(method, args):
     """Runs `method` in a fresh process; its row, or `{"error": code}`."""
-    return _worker.run_worker(__file__, method, [
-        "--model", args.model, "--samples", str(args.samples),
-        "--seq-len", str(args.seq_len),
-        "--eval-windows", str(args.eval_windows)])
+    return _worker.run_worker(__file__, method,
+                              ["--model", args.model] + _worker.row_flags(args))
 
 
 def recovered(row, rows):
