@@ -7,6 +7,7 @@ and error reporting are those of `keras_gptq.cli.main`.
 import os
 
 from keras_gptq.cli import common
+from keras_gptq.hf.families import MODULE_NAMES
 from keras_gptq.hf.format import EXPORT_FORMATS
 
 
@@ -19,7 +20,8 @@ def add_parser(subparsers, parent):
                     "GPT-2, Gemma, Gemma 3, Mistral, Qwen2, Qwen3, Mixtral, "
                     "Qwen-MoE, Qwen3-MoE, Phi-3, OPT, Bloom) as "
                     "a Hugging Face GPTQ folder (config.json, "
-                    "model.safetensors, tokenizer) for transformers/vLLM.")
+                    "model.safetensors, tokenizer) for transformers/vLLM "
+                    "or, with --module-names gptqmodel, GPTQModel.")
     p.add_argument("preset", metavar="PRESET_OR_FOLDER",
                    help="a keras_gptq preset folder (from `keras-gptq "
                         "quantize`).")
@@ -29,6 +31,13 @@ def add_parser(subparsers, parent):
                    choices=EXPORT_FORMATS,
                    help="checkpoint_format: gptq (v1, default), gptq_v2, or "
                         "auto (v1 for symmetric, v2 for asymmetric grids).")
+    p.add_argument("--module-names", default=MODULE_NAMES[0],
+                   choices=MODULE_NAMES,
+                   help="transformers (default: the names transformers and "
+                        "vLLM read) or gptqmodel (the names GPTQModel "
+                        "loads: Mixtral's mlp.experts.N.gate_proj/up_proj/"
+                        "down_proj, Phi-3's split gate_proj/up_proj); the "
+                        "same for other families.")
     p.add_argument("--overwrite", action="store_true",
                    help="replace DIR if it is not empty.")
     p.set_defaults(command=export_hf_command)
@@ -52,6 +61,7 @@ def export_hf_command(args):
     import keras_gptq
     model = common.load_model(args.preset)
     keras_gptq.export_hf(model, args.out, checkpoint_format=args.format,
+                         module_names=args.module_names,
                          overwrite=args.overwrite)
     print(f"Wrote the Hugging Face GPTQ checkpoint to {args.out}")
     return 0

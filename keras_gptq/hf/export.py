@@ -147,7 +147,8 @@ def _check_target(folder, overwrite):
             "--overwrite) to replace it, or choose another folder.")
 
 
-def export_hf(model, folder, checkpoint_format="gptq", damp_percent=0.01,
+def export_hf(model, folder, checkpoint_format="gptq",
+              module_names="transformers", damp_percent=0.01,
               true_sequential=True, overwrite=False):
     """Writes a keras_gptq-quantized model as a Hugging Face GPTQ folder.
 
@@ -171,6 +172,15 @@ def export_hf(model, folder, checkpoint_format="gptq", damp_percent=0.01,
             point is 0), `"gptq_v2"` (true zeros; GPTQModel, transformers,
             vLLM versions that read gptq_v2) or `"auto"` (v1 for symmetric
             grids, v2 for asymmetric ones).
+        module_names: `"transformers"` (the names transformers' float
+            checkpoints, the hub's GPTQ checkpoints and vLLM use, e.g.
+            Mixtral's `block_sparse_moe.experts.N.w1/w3/w2`, Phi-3's
+            fused `mlp.gate_up_proj`) or `"gptqmodel"` (the names
+            GPTQModel 7.7.0 loads: Mixtral's `mlp.experts.N.gate_proj/
+            up_proj/down_proj` and router `mlp.gate`, Phi-3's
+            `mlp.gate_proj` and `mlp.up_proj`). They differ for Mixtral
+            and Phi-3 only (`hf.families.Family.other_names`);
+            `load_hf_gptq` reads either.
         damp_percent, true_sequential: recorded in the config (the format
             keeps them as metadata; they do not change loading).
         overwrite: replace a non-empty `folder`.
@@ -179,7 +189,8 @@ def export_hf(model, folder, checkpoint_format="gptq", damp_percent=0.01,
         `folder`.
 
     Raises:
-        ValueError: an unsupported model (names the supported ones), a
+        ValueError: an unknown `checkpoint_format` or `module_names`,
+            an unsupported model (names the supported ones), a
             layer that is not quantized, mixed settings, fused q/k/v with
             different g_idx, or a v1 zero point of 0.
         FileExistsError: `folder` is not empty and `overwrite` is False.
@@ -191,9 +202,12 @@ def export_hf(model, folder, checkpoint_format="gptq", damp_percent=0.01,
                                                      tokenizer=tokenizer))
     keras_gptq.export_hf(model, "smollm2-gptq")
     # transformers: AutoModelForCausalLM.from_pretrained("smollm2-gptq")
+    keras_gptq.export_hf(mixtral, "mixtral-gptq", module_names="gptqmodel")
+    # GPTQModel: GPTQModel.load("mixtral-gptq")
     ```
     """
-    family = families.family_of_model(model)
+    families.check_module_names(module_names)
+    family = families.family_of_model(model).named(module_names)
     folder = os.path.abspath(os.fspath(folder))
     _check_target(folder, overwrite)
     config = configs.hf_config(model, family)

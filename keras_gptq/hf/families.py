@@ -18,6 +18,13 @@ An untied `lm_head.weight` is the embedding's `reverse_embeddings`,
 transposed. Names and layouts are those of KerasHub's own converters
 (`keras_hub/src/utils/transformers/convert_*.py`).
 
+Module names: a family's `modules` carry the names transformers' float
+checkpoints, the hub's GPTQ checkpoints and vLLM use. GPTQModel 7.7.0
+loads Mixtral's experts and Phi-3's MLP only under its own names
+(transformers 5's `mlp.experts.{e}.gate_proj/up_proj/down_proj`, Phi-3's
+`gate_up_proj` split in two); such a family lists them in `other_names`,
+picked by `export_hf`'s `module_names` (`MODULE_NAMES`).
+
 The float `config.json` comes from `hf/configs.py`. Most of this module is
 the table itself (`FAMILIES`), one entry per family.
 """
@@ -67,6 +74,31 @@ class Interleaved:
     heads: str = "num_heads"
 
 
+# The namings of linear modules `export_hf` writes (`module_names`); the
+# first is the default: transformers' (and vLLM's) names.
+MODULE_NAMES = ("transformers", "gptqmodel")
+
+
+def check_module_names(module_names):
+    """Raises ValueError unless `module_names` is one of `MODULE_NAMES`."""
+    if module_names not in MODULE_NAMES:
+        raise ValueError(f"module_names must be one of {MODULE_NAMES}, "
+                         f"got {module_names!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Naming:
+    """Other names for a family's linear modules, in `Family.other_names`.
+
+    Attributes:
+        modules: replaces `Family.modules` (same form).
+        float_modules: replaces `Family.float_modules`; None keeps them.
+    """
+
+    modules: dict
+    float_modules: dict = None
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
     """One supported architecture, declared as data.
@@ -95,6 +127,9 @@ class Family:
             and `reverse_embeddings` give an untied lm_head).
         leading_rows: `{hf tensor name: rows}` transformers keeps before
             the Keras rows (OPT's positions start at 2); zeros on export.
+        other_names: `{module_names: Naming}`, the linear modules under
+            another naming of `MODULE_NAMES`; one not listed uses
+            `modules` and `float_modules` as they are.
     """
 
     causal_lm: str
@@ -110,6 +145,24 @@ class Family:
     float_modules: dict = dataclasses.field(default_factory=dict)
     embedding: str = "token_embedding"
     leading_rows: dict = dataclasses.field(default_factory=dict)
+    other_names: dict = dataclasses.field(default_factory=dict)
+
+    def named(self, module_names):
+        """This family with its linear modules under the naming
+        `module_names` (one of `MODULE_NAMES`); the result has no
+        `other_names`.
+
+        Raises:
+            ValueError: `module_names` is not one of `MODULE_NAMES`.
+        """
+        check_module_names(module_names)
+        naming = self.other_names.get(module_names)
+        if naming is None:
+            return self
+        return dataclasses.replace(
+            self, modules=naming.modules, other_names={},
+            float_modules=(self.float_modules if naming.float_modules is None
+                           else naming.float_modules))
 
     def _blocks(self, backbone):
         for i in range(backbone.num_layers):
@@ -266,6 +319,28 @@ _PLAIN_ATTENTION = {  # Mixtral, Qwen-MoE: no underscore on q, k, v
     for hf, k in (("q", "query"), ("k", "key"), ("v", "value"))}
 _MIXTRAL_BLOCK = "_sparse_moe_block."
 _MIXTRAL_BANK = _MIXTRAL_BLOCK + "expert_bank"
+
+
+def _mixtral_modules(moe, names):
+    """Mixtral's linear modules, its MoE block named `moe` and each
+    expert's gate, up and down projections `names`."""
+    return {
+        **_PLAIN_ATTENTION, "self_attn.o_proj": (_ATTENTION + "output_dense",),
+        **{f"{moe}.experts.{{e}}.{hf}": (
+            Expert(_MIXTRAL_BANK, f"_expert_feedforward_{k}_dense"),)
+           for hf, k in zip(names, ("gate", "intermediate", "output"))}}
+
+
+def _mixtral_router(moe):
+    return {f"{moe}.gate": (_MIXTRAL_BLOCK + "_sparse_feedforward_gate_dense",)}
+
+
+_PHI3_ATTENTION = {
+    "self_attn.qkv_proj": ("attention.query_dense", "attention.key_dense",
+                           "attention.value_dense"),
+    "self_attn.o_proj": ("attention.output_dense",),
+}
+_PHI3_DOWN = {"mlp.down_proj": ("feedforward_output_dense",)}
 _QWEN_MOE_BANK = "mlp.expert_bank"
 _QWEN_EXPERTS = {  # Qwen-MoE, Qwen3-MoE: gate and up fused in Keras
     "mlp.experts.{e}.gate_proj": (
@@ -333,16 +408,13 @@ FAMILIES = (
            _LLAMA_MODULES, {**_LLAMA_NORMS, **_QK_NORMS}, _LLAMA_TENSORS,
            _TOKENIZER_JSON),
     Family("MixtralCausalLM", "mixtral", "MixtralForCausalLM",
-           "model.layers.{i}", {
-               **_PLAIN_ATTENTION,
-               "self_attn.o_proj": (_ATTENTION + "output_dense",),
-               **{f"block_sparse_moe.experts.{{e}}.{hf}": (
-                   Expert(_MIXTRAL_BANK, f"_expert_feedforward_{k}_dense"),)
-                  for hf, k in (("w1", "gate"), ("w2", "output"),
-                                ("w3", "intermediate"))},
-           }, _LLAMA_NORMS, _LLAMA_TENSORS, _SENTENCEPIECE,
-           float_modules={"block_sparse_moe.gate": (
-               _MIXTRAL_BLOCK + "_sparse_feedforward_gate_dense",)}),
+           "model.layers.{i}",
+           _mixtral_modules("block_sparse_moe", ("w1", "w3", "w2")),
+           _LLAMA_NORMS, _LLAMA_TENSORS, _SENTENCEPIECE,
+           float_modules=_mixtral_router("block_sparse_moe"),
+           other_names={"gptqmodel": Naming(
+               _mixtral_modules("mlp", ("gate_proj", "up_proj", "down_proj")),
+               _mixtral_router("mlp"))}),
     Family("QwenMoeCausalLM", "qwen2_moe", "Qwen2MoeForCausalLM",
            "model.layers.{i}", {
                **_PLAIN_ATTENTION,
@@ -366,16 +438,18 @@ FAMILIES = (
            }, {**_LLAMA_NORMS, **_QK_NORMS}, _LLAMA_TENSORS, _TOKENIZER_JSON,
            float_modules=_QWEN_ROUTER),
     Family("Phi3CausalLM", "phi3", "Phi3ForCausalLM", "model.layers.{i}", {
-        "self_attn.qkv_proj": ("attention.query_dense", "attention.key_dense",
-                               "attention.value_dense"),
-        "self_attn.o_proj": ("attention.output_dense",),
+        **_PHI3_ATTENTION,
         "mlp.gate_up_proj": ("feedforward_gate_dense",
                              "feedforward_intermediate_dense"),
-        "mlp.down_proj": ("feedforward_output_dense",),
+        **_PHI3_DOWN,
     }, {
         "input_layernorm.weight": ("pre_attention_layernorm.scale",),
         "post_attention_layernorm.weight": ("post_attention_layernorm.scale",),
-    }, _LLAMA_TENSORS, None),
+    }, _LLAMA_TENSORS, None, other_names={"gptqmodel": Naming({
+        **_PHI3_ATTENTION,  # q, k, v stay fused in GPTQModel too
+        "mlp.gate_proj": ("feedforward_gate_dense",),
+        "mlp.up_proj": ("feedforward_intermediate_dense",),
+        **_PHI3_DOWN})}),
     Family("OPTCausalLM", "opt", "OPTForCausalLM", "model.decoder.layers.{i}",
            _OPT_MODULES, {
                "self_attn_layer_norm.weight": (

@@ -110,6 +110,33 @@ def _write_module(name, module, tensors, settings, writer):
                                       zero[a:b], g_idx))
 
 
+def _named_family(family, backbone, tensors):
+    """`family` with its linear modules named as the checkpoint names them
+    (a naming of `families.MODULE_NAMES`: transformers' or GPTQModel's),
+    found from the tensor names.
+
+    Raises:
+        UnsupportedCheckpointError: no naming finds every module (a
+            `qweight` or a float `weight`); names one missing module of
+            each naming.
+    """
+    missing = {}
+    for module_names in families.MODULE_NAMES:
+        named = family.named(module_names)
+        modules = {**named.linear_modules(backbone),
+                   **named.linear_modules(backbone, named.float_modules)}
+        absent = [name for name in modules if not {
+            f"{name}.qweight", f"{name}.weight"} & tensors.keys()]
+        if not absent:
+            return named
+        missing.setdefault(absent[0], module_names)
+    raise hf_format.UnsupportedCheckpointError(
+        "The checkpoint's linear modules follow no naming that "
+        f"{family.architecture} has: " + "; ".join(
+            f"{naming} names need {name}.qweight or {name}.weight"
+            for name, naming in missing.items()) + ".")
+
+
 def _load_modules(backbone, family, tensors, settings):
     """Every linear module: GPTQ ones packed, float ones (and routers)
     into float kernels."""
@@ -146,7 +173,10 @@ def load_hf_gptq(folder, dtype=None):
     points stored minus one) and v2 (`"gptq_v2"`), symmetric and asymmetric
     grids, act-order `g_idx`, 2/3/4/8 bits and `group_size=-1` all load.
     Modules stored unquantized (`weight` instead of `qweight`) stay float;
-    GPTQModel's per-module `dynamic` bits and group sizes are read.
+    GPTQModel's per-module `dynamic` bits and group sizes are read. Module
+    names may be transformers' or GPTQModel's (they differ for Mixtral and
+    Phi-3, see `export_hf`'s `module_names`), told apart by the tensor
+    names.
 
     Args:
         folder: a folder written by `export_hf`, AutoGPTQ, GPTQModel or
@@ -166,8 +196,9 @@ def load_hf_gptq(folder, dtype=None):
 
     Raises:
         ValueError: an unsupported architecture (names the supported ones)
-            or settings, e.g. quantized lm_head, or a v1 zero point that
-            wraps (`hf_format.UnsupportedCheckpointError`).
+            or settings, e.g. quantized lm_head, a v1 zero point that
+            wraps, or module names of no known naming
+            (`hf_format.UnsupportedCheckpointError`).
         FileNotFoundError: no `config.json` or no `.safetensors` file.
 
     Example:
@@ -191,6 +222,7 @@ def load_hf_gptq(folder, dtype=None):
     backbone_cls = cls.backbone_cls
     backbone = backbone_cls(
         **configs.backbone_kwargs(family.model_type, config), dtype=dtype)
+    family = _named_family(family, backbone, tensors)
     _load_float(backbone, family, tensors)
     _load_modules(backbone, family, tensors,
                   (bits, group_size, fmt, dynamic))

@@ -1,4 +1,5 @@
-"""`keras-gptq export-hf` and `import-hf`, run in subprocesses."""
+"""`keras-gptq export-hf` and `import-hf`, run in subprocesses (the
+`--module-names` flag in process)."""
 
 import keras_hub
 import numpy as np
@@ -7,7 +8,10 @@ import pytest
 from helpers.models import logits
 from helpers.models import markov_tokens
 from helpers.hf import packed_model
+from helpers.hf import read_folder
 from helpers.cli import run_cli
+from keras_gptq.cli import common
+from keras_gptq.cli import main
 
 TOKENS = markov_tokens(64, seed=5).reshape(2, 32)
 
@@ -40,3 +44,19 @@ def test_usage_and_missing_folder_errors(tmp_path):
                    str(tmp_path / "out"))
     assert proc.returncode == 1
     assert "keras-gptq: error: no such folder" in proc.stderr
+
+
+@pytest.mark.one_backend
+def test_module_names_flag_reaches_export_hf(tmp_path, monkeypatch):
+    """In process: `--module-names gptqmodel` writes GPTQModel's names."""
+    monkeypatch.setattr(common, "load_model",
+                        lambda preset: packed_model("phi3", 4, 32, sym=True))
+    for names, module in (("transformers", "gate_up_proj"),
+                          ("gptqmodel", "gate_proj")):
+        out = tmp_path / names
+        assert main.main(["export-hf", "p", "--out", str(out),
+                          "--module-names", names]) == 0
+        assert f"model.layers.0.mlp.{module}.qweight" in read_folder(out)[1]
+    with pytest.raises(SystemExit):  # argparse: invalid choice, exit 2
+        main.build_parser().parse_args(["export-hf", "p", "--out", "x",
+                                        "--module-names", "vllm"])

@@ -9,9 +9,12 @@ for every case of this run. Skipped only when that interpreter or its
 spec-dequantized weights: `test_hf_families.py`.
 
 Cases: bit widths, group sizes, symmetric v1 and asymmetric v2 files on
-Llama and GPT-2; every other family at 3 bits (asymmetric, act-order,
-`checkpoint_format="auto"`); a mixed 4/8-bit Llama with one float module
-(GPTQModel's per-module `dynamic`). To keep CI's three backends in budget
+Llama and GPT-2 (transformers' module names, the default); every other
+family at 3 bits (asymmetric, act-order, `checkpoint_format="auto"`) with
+`module_names="gptqmodel"`, as a GPTQModel user exports; a mixed 4/8-bit
+Llama with one float module (GPTQModel's per-module `dynamic`); Mixtral
+and Phi-3 with transformers' names, which GPTQModel 7.7.0 refuses (pinned
+in `REFUSED`). To keep CI's three backends in budget
 each case runs on one backend per run, by rotation (case index mod 3 ->
 jax, tensorflow, torch); `KERAS_GPTQ_ALL_FAMILY_CELLS=1` runs them all.
 """
@@ -36,31 +39,42 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 HF_PYTHON = os.environ.get("KERAS_GPTQ_HF_PYTHON", "/work/venv-hf/bin/python")
 CONSUMER = os.path.join(HERE, "..", "helpers", "hf_gptqmodel_consumer.py")
 BACKENDS = ("jax", "tensorflow", "torch")
-# id: (family, bits, group_size, sym, act_order, checkpoint_format);
-# family "mixed": Llama 3 with 8-bit g64 down_proj, one float o_proj.
+# id: (family, bits, group_size, sym, act_order, checkpoint_format,
+# module_names); family "mixed": Llama 3 with 8-bit g64 down_proj, one
+# float o_proj.
 CASES = {
-    "llama3-4b-g32-sym-v1": ("llama3", 4, 32, True, True, "gptq"),
-    "llama3-3b-g32-asym-v2": ("llama3", 3, 32, False, True, "gptq_v2"),
-    "llama3-2b-perchannel-v2": ("llama3", 2, -1, False, False, "gptq_v2"),
-    "gpt2-4b-g32-sym-v1": ("gpt2", 4, 32, True, True, "gptq"),
-    "gpt2-8b-perchannel-v2": ("gpt2", 8, -1, False, True, "gptq_v2"),
-    "mixed-4-8-float": ("mixed", 4, 32, False, True, "auto"),
-    **{family: (family, 3, 32, False, True, "auto") for family in (
-        "gemma", "gemma3", "mistral", "qwen", "qwen3", "mixtral", "qwen_moe",
-        "qwen3_moe", "phi3", "opt", "bloom")},
+    "llama3-4b-g32-sym-v1": ("llama3", 4, 32, True, True, "gptq",
+                             "transformers"),
+    "llama3-3b-g32-asym-v2": ("llama3", 3, 32, False, True, "gptq_v2",
+                              "transformers"),
+    "llama3-2b-perchannel-v2": ("llama3", 2, -1, False, False, "gptq_v2",
+                                "transformers"),
+    "gpt2-4b-g32-sym-v1": ("gpt2", 4, 32, True, True, "gptq",
+                           "transformers"),
+    "gpt2-8b-perchannel-v2": ("gpt2", 8, -1, False, True, "gptq_v2",
+                              "transformers"),
+    "mixed-4-8-float": ("mixed", 4, 32, False, True, "auto", "transformers"),
+    **{family: (family, 3, 32, False, True, "auto", "gptqmodel")
+       for family in ("gemma", "gemma3", "mistral", "qwen", "qwen3",
+                      "mixtral", "qwen_moe", "qwen3_moe", "phi3", "opt",
+                      "bloom")},
+    **{f"{family}-transformers-names": (family, 3, 32, False, True, "auto",
+                                        "transformers")
+       for family in ("mixtral", "phi3")},
 }
-# GPTQModel 7.7.0 wants these modules named as its own definitions split
-# them (transformers 5 per-expert names; Phi-3's gate_up_proj in two) and
-# refuses the names that transformers' float checkpoints, the hub's GPTQ
-# checkpoints and vLLM use, which export_hf writes. Pinned: the test fails
-# once a GPTQModel reads them.
+# GPTQModel 7.7.0 loads Mixtral and Phi-3 only under its own module names
+# (transformers 5's per-expert names; Phi-3's gate_up_proj split in two),
+# not under those of transformers' float checkpoints, the hub's GPTQ
+# checkpoints and vLLM (export_hf's default). Pinned: the test fails once a
+# GPTQModel reads them, and `module_names="gptqmodel"` is no longer needed.
 REFUSED = {
-    "mixtral": "GPTQModel 7.7.0: 'Missing required quantized weights ... "
-               "mlp.experts.0.gate_proj.qweight': it wants transformers 5 "
-               "names; export_hf writes block_sparse_moe.experts.N.w1/w3/w2",
-    "phi3": "GPTQModel 7.7.0: 'Missing required quantized weights ... "
-            "mlp.gate_proj.qweight': it splits Phi-3's fused gate_up_proj, "
-            "which export_hf writes as transformers' Phi3 has it",
+    "mixtral-transformers-names":
+        "GPTQModel 7.7.0: 'Missing required quantized weights ... "
+        "mlp.experts.0.gate_proj.qweight' under transformers' names "
+        "(block_sparse_moe.experts.N.w1/w3/w2)",
+    "phi3-transformers-names":
+        "GPTQModel 7.7.0: 'Missing required quantized weights ... "
+        "mlp.gate_proj.qweight' under transformers' fused gate_up_proj",
 }
 
 
@@ -104,10 +118,11 @@ def consumed(tmp_path_factory):
     root = tmp_path_factory.mktemp("consumers")
     cases = {}
     for name in HERE_CASES:
-        family, bits, group_size, sym, act_order, fmt = CASES[name]
+        family, bits, group_size, sym, act_order, fmt, names = CASES[name]
         model = _model(family, bits, group_size, sym, act_order)
         folder = root / name
-        keras_gptq.export_hf(model, folder, checkpoint_format=fmt)
+        keras_gptq.export_hf(model, folder, checkpoint_format=fmt,
+                             module_names=names)
         np.save(folder / "tokens.npy", TOKENS)
         cases[name] = (logits(model, TOKENS), folder)
     proc = subprocess.run(
@@ -142,4 +157,8 @@ def test_the_cases_cover_every_exported_family():
     from keras_gptq.hf import families
     covered = {case[0] for case in CASES.values()} - {"mixed"}
     assert len(covered) == len(families.FAMILIES)
-    assert set(REFUSED) <= covered
+    # Families whose names differ run under both namings (their
+    # helpers.families names are their model types).
+    both = {CASES[name][0] for name in REFUSED}
+    assert both == {f.model_type for f in families.FAMILIES if f.other_names}
+    assert all(CASES[family][-1] == "gptqmodel" for family in both)

@@ -8,6 +8,7 @@ when it is missing), one process for every family.
 """
 
 import os
+import re
 import subprocess
 
 import keras
@@ -55,10 +56,19 @@ def test_the_table_lists_exactly_these_families():
         FAMILIES.values())
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_round_trip_is_exact(tmp_path, family):
+# Every family with transformers' module names; GPTQModel's differ for
+# Mixtral and Phi-3 only (`Family.other_names`), so those two again.
+ROUND_TRIPS = [(family, "transformers") for family in sorted(FAMILIES)] + [
+    ("mixtral", "gptqmodel"), ("phi3", "gptqmodel")]
+
+
+@pytest.mark.parametrize("family,module_names", ROUND_TRIPS)
+def test_round_trip_is_exact(tmp_path, family, module_names):
+    """Export, load (the naming found from the tensor names), export
+    again with the same names: the same model and the same tensors."""
     model = packed_model(family, 3, 32, sym=False, act_order=True)
-    keras_gptq.export_hf(model, tmp_path / "a", checkpoint_format="auto")
+    keras_gptq.export_hf(model, tmp_path / "a", checkpoint_format="auto",
+                         module_names=module_names)
     config, first = read_folder(tmp_path / "a")
     assert config["model_type"] == FAMILIES[family][1]
     again = keras_gptq.load_hf_gptq(tmp_path / "a")
@@ -69,7 +79,8 @@ def test_round_trip_is_exact(tmp_path, family):
         np.testing.assert_array_equal(
             got[path], want[path].astype(np.float16).astype(np.float32)
             if path.endswith("bias") else want[path], err_msg=path)
-    keras_gptq.export_hf(again, tmp_path / "b", checkpoint_format="auto")
+    keras_gptq.export_hf(again, tmp_path / "b", checkpoint_format="auto",
+                         module_names=module_names)
     second = read_folder(tmp_path / "b")[1]
     assert sorted(second) == sorted(first)
     for name in first:
@@ -165,6 +176,83 @@ def test_mixtral_experts_are_w1_w3_w2(tmp_path):
         f"model.layers.0.block_sparse_moe.experts.2.w{i}" for i in (1, 2, 3)]
     assert tensors["model.layers.0.block_sparse_moe.experts.2.w2.qweight"
                    ].shape == (128 * 4 // 32, 64)  # down: in 128, out 64
+
+
+def _both_namings(tmp_path, family):
+    """The tensors of one model exported with transformers' and with
+    GPTQModel's module names."""
+    model = packed_model(family, 4, 32, sym=False, act_order=True)
+    found = []
+    for names in ("transformers", "gptqmodel"):
+        keras_gptq.export_hf(model, tmp_path / names, module_names=names,
+                             checkpoint_format="gptq_v2")
+        found.append(read_folder(tmp_path / names)[1])
+    return found
+
+
+def test_gptqmodel_names_mixtral_experts_as_transformers_5(tmp_path):
+    """GPTQModel's Mixtral: `mlp.experts.E.gate_proj/up_proj/down_proj`
+    and router `mlp.gate` hold exactly the `block_sparse_moe` tensors."""
+    transformers, gptqmodel = _both_namings(tmp_path, "mixtral")
+    projection = {"1": "gate_proj", "3": "up_proj", "2": "down_proj"}
+
+    def renamed(name):
+        name = name.replace(".block_sparse_moe.", ".mlp.")
+        return re.sub(r"\.experts\.(\d+)\.w([123])\.", lambda m: (
+            f".experts.{m[1]}.{projection[m[2]]}."), name)
+
+    assert sorted(gptqmodel) == sorted(renamed(k) for k in transformers)
+    assert "model.layers.1.mlp.experts.3.up_proj.qweight" in gptqmodel
+    assert "model.layers.1.mlp.gate.weight" in gptqmodel
+    for name, value in transformers.items():
+        np.testing.assert_array_equal(gptqmodel[renamed(name)], value,
+                                      err_msg=name)
+
+
+def test_gptqmodel_names_split_phi3_gate_up(tmp_path):
+    """GPTQModel's Phi-3: `mlp.gate_proj` and `mlp.up_proj`, side by side
+    along `out`, are exactly transformers' `mlp.gate_up_proj`; q, k, v
+    stay fused in `qkv_proj`; the other tensors are the same."""
+    transformers, gptqmodel = _both_namings(tmp_path, "phi3")
+    fused = {k for k in transformers if ".gate_up_proj." in k}
+    assert len(fused) == 2 * 4  # 2 blocks, 4 tensors a module
+    for name in fused:
+        gate, up = (gptqmodel.pop(name.replace("gate_up", part))
+                    for part in ("gate", "up"))
+        if name.endswith(".g_idx"):  # one Hessian: one column order
+            np.testing.assert_array_equal(gate, up)
+            np.testing.assert_array_equal(gate, transformers[name])
+        else:  # qweight, qzeros, scales: [..., out]
+            np.testing.assert_array_equal(
+                np.concatenate([gate, up], axis=-1), transformers[name],
+                err_msg=name)
+    assert sorted(gptqmodel) == sorted(set(transformers) - fused)
+    for name, value in gptqmodel.items():
+        np.testing.assert_array_equal(value, transformers[name], err_msg=name)
+
+
+def test_module_names_are_checked(tmp_path):
+    model = packed_model("mixtral", 4, 32, sym=True, act_order=False)
+    with pytest.raises(ValueError, match=r"module_names must be one of "
+                       r"\('transformers', 'gptqmodel'\), got 'vllm'"):
+        keras_gptq.export_hf(model, tmp_path / "x", module_names="vllm")
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_folder_of_neither_naming_is_refused(tmp_path):
+    """Mixtral's experts half under one naming, half under the other."""
+    from safetensors.numpy import save_file
+    model = packed_model("mixtral", 4, 32, sym=True, act_order=False)
+    keras_gptq.export_hf(model, tmp_path / "m")
+    tensors = read_folder(tmp_path / "m")[1]
+    tensors = {k.replace("layers.1.block_sparse_moe", "layers.1.mlp"): v
+               for k, v in tensors.items()}
+    save_file(tensors, str(tmp_path / "m" / "model.safetensors"))
+    with pytest.raises(ValueError, match=(
+            r"no naming that MixtralForCausalLM has: transformers names need "
+            r"model\.layers\.1\.block_sparse_moe\.experts\.0\.w1\.qweight "
+            r"or .*; gptqmodel names need model\.layers\.0\.mlp\.experts")):
+        keras_gptq.load_hf_gptq(tmp_path / "m")
 
 
 def test_phi3_fuses_qkv_and_gate_up(tmp_path):
