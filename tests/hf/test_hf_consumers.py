@@ -15,19 +15,20 @@ family at 3 bits (asymmetric, act-order, `checkpoint_format="auto"`) with
 Llama with one float module (GPTQModel's per-module `dynamic`); Mixtral
 and Phi-3 with transformers' names, which GPTQModel 7.7.0 refuses (pinned
 in `REFUSED`). To keep CI's three backends in budget
-each case runs on one backend per run, by rotation (case index mod 3 ->
-jax, tensorflow, torch); `KERAS_GPTQ_ALL_FAMILY_CELLS=1` runs them all.
+each case runs on one backend per run, by rotation (`helpers.rotation`:
+case index mod 3 -> jax, tensorflow, torch);
+`KERAS_GPTQ_ALL_FAMILY_CELLS=1` runs them all.
 """
 
 import json
 import os
 import subprocess
 
-import keras
 import numpy as np
 import pytest
 
 import keras_gptq
+from helpers import rotation
 from helpers.hf import float_model
 from helpers.hf import pack_mixed
 from helpers.hf import packed_model
@@ -38,7 +39,6 @@ TOKENS = markov_tokens(64, seed=5).reshape(2, 32)
 HERE = os.path.dirname(os.path.abspath(__file__))
 HF_PYTHON = os.environ.get("KERAS_GPTQ_HF_PYTHON", "/work/venv-hf/bin/python")
 CONSUMER = os.path.join(HERE, "..", "helpers", "hf_gptqmodel_consumer.py")
-BACKENDS = ("jax", "tensorflow", "torch")
 # id: (family, bits, group_size, sym, act_order, checkpoint_format,
 # module_names); family "mixed": Llama 3 with 8-bit g64 down_proj, one
 # float o_proj.
@@ -78,12 +78,7 @@ REFUSED = {
 }
 
 
-def _runs_here(index):
-    return (os.environ.get("KERAS_GPTQ_ALL_FAMILY_CELLS") == "1"
-            or BACKENDS[index % len(BACKENDS)] == keras.config.backend())
-
-
-HERE_CASES = [name for i, name in enumerate(CASES) if _runs_here(i)]
+HERE_CASES = rotation.cases_here(CASES)
 
 
 def _mixed_settings(path):

@@ -4,7 +4,9 @@ the spec-dequantized weights giving the Keras logits.
 
 The transformers check runs in the transformers venv
 (`$KERAS_GPTQ_HF_PYTHON`, default `/work/venv-hf/bin/python`; skipped
-when it is missing), one process for every family.
+when it is missing), one process for this run's families: each family
+runs under one backend per run, by rotation (`helpers.rotation`, the
+`FAMILIES` index); `KERAS_GPTQ_ALL_FAMILY_CELLS=1` runs them all.
 """
 
 import os
@@ -17,6 +19,7 @@ import pytest
 
 import keras_gptq
 from helpers import hf_spec
+from helpers import rotation
 from helpers.families import build_family
 from helpers.hf import numpy_weights
 from helpers.hf import packed_model
@@ -359,8 +362,9 @@ def test_transformers_float_models_give_the_keras_logits(tmp_path):
     if not os.path.isfile(HF_PYTHON):
         pytest.skip(f"no transformers venv at {HF_PYTHON} (set "
                     "KERAS_GPTQ_HF_PYTHON)")
+    here = rotation.cases_here(FAMILIES)
     want = {}
-    for family in FAMILIES:
+    for family in here:
         model = packed_model(family, 3, 32, sym=False, act_order=True)
         keras_gptq.export_hf(model, tmp_path / family / "hf",
                              checkpoint_format="auto")
@@ -370,7 +374,7 @@ def test_transformers_float_models_give_the_keras_logits(tmp_path):
     subprocess.run(
         [HF_PYTHON, os.path.join(HERE, "..", "helpers",
                                  "hf_float_reference.py"),
-         *(str(tmp_path / f) for f in FAMILIES)],
+         *(str(tmp_path / f) for f in here)],
         check=True, capture_output=True)
     for family, expected in want.items():
         got = np.load(tmp_path / family / "logits.npy")

@@ -16,7 +16,7 @@ How the matrix is split so that CI (3 backends) stays in budget: the
 quantize cell runs for every family on every backend (a few seconds a
 family); the full cell, which adds a save and a fresh-process reload, runs
 for each family on ONE backend per run, fixed by a rotation:
-`FAMILIES` index mod 3 -> jax, tensorflow, torch (`full_cell_backend`).
+`FAMILIES` index mod 3 -> jax, tensorflow, torch (`helpers.rotation`).
 All of a backend's reloads share one fresh process. Set
 `KERAS_GPTQ_ALL_FAMILY_CELLS=1` to run every full cell on the current
 backend. On JAX the Qwen3.5 families' quantize cells are marked slow: JAX
@@ -40,13 +40,13 @@ import numpy as np
 import pytest
 
 import keras_gptq
+from helpers import rotation
 from helpers.families import FAMILIES
 from helpers.families import build_family
 from helpers.models import logits
 from helpers.models import markov_tokens
 from keras_gptq.model import baselines
 
-BACKENDS = ("jax", "tensorflow", "torch")
 NAMES = list(FAMILIES)
 BITS, GROUP = 4, 16
 # 4-bit levels with a float32 scale and a uint8 zero per 16 columns take
@@ -56,14 +56,8 @@ SAVED_FRACTION = 0.6
 _SLOW_ON_JAX = ("qwen3_5", "qwen3_5_moe")
 
 
-def full_cell_backend(name):
-    """The backend that runs family `name`'s full cell (the rotation)."""
-    return BACKENDS[NAMES.index(name) % len(BACKENDS)]
-
-
 def _runs_full_cell(name):
-    return (os.environ.get("KERAS_GPTQ_ALL_FAMILY_CELLS") == "1"
-            or full_cell_backend(name) == keras.config.backend())
+    return rotation.runs_here(NAMES.index(name))
 
 
 def _config():
