@@ -166,8 +166,8 @@ def matmul(layer, rows, dequantize):
     Args:
         layer: a prepared packed layer.
         rows: `[tokens, in]` inputs in the original column order.
-        dequantize: `() -> W[out, in]` in stored column order, float32
-            (the reference path).
+        dequantize: `() -> W.T`, `[in, out]` in stored column order,
+            float32 (the reference path).
 
     Returns:
         `[tokens, out]` in the layer's compute dtype.
@@ -178,8 +178,7 @@ def matmul(layer, rows, dequantize):
     if kernel.int4 is not None and _FAST["enabled"] and (
             rows.shape[0] <= INT4_MAX_TOKENS):
         return _torch_int4_matmul(kernel.int4, rows)
-    weight = ops.cast(dequantize(), layer.compute_dtype)
-    return ops.matmul(rows, ops.transpose(weight))
+    return ops.matmul(rows, ops.cast(dequantize(), layer.compute_dtype))
 
 
 def cached_bytes(layer):

@@ -90,18 +90,19 @@ def dequantized_matrix(layer):
     return ops.take(matrix, inverse, axis=1)
 
 
-def _stored_matrix(layer):
-    """`W[out, in]` in stored column order (act-order columns sorted)."""
+def _stored_matrix(layer, transposed=False):
+    """`W[out, in]` (`W.T` when `transposed`) in stored column order
+    (act-order columns sorted)."""
     policy = policy_lib.packed_policy(layer)
     kernel = kernels.state(layer)
     return dequantize_rows(
         layer.quantized_kernel.value, layer.kernel_scale.value,
         layer.kernel_zero.value, kernel.stored_g_idx, policy,
-        layer._gptq_layout.columns, kernel.contiguous)
+        layer._gptq_layout.columns, kernel.contiguous, transposed)
 
 
 def dequantize_rows(packed, scale, zero, g_idx, policy, columns,
-                    contiguous):
+                    contiguous, transposed=False):
     """`W[rows, columns]` (float32 backend tensor) from packed variables.
 
     Args:
@@ -111,9 +112,20 @@ def dequantize_rows(packed, scale, zero, g_idx, policy, columns,
         columns: input features.
         contiguous: `g_idx` is `i // group_size` (then a reshape replaces
             two gathers).
+        transposed: return `W.T`, `[columns, rows]`. The integer levels
+            are transposed before the one elementwise float pass, so a
+            compiled caller gets the float matrix in the layout its dot
+            reads (`rows @ W.T` without a transposed copy of a float
+            matrix; in a decode loop XLA hoists the whole pass out of the
+            loop, and a transpose left inside it cost a full float copy of
+            every weight per step).
     """
-    levels = ops.cast(packing.unpack(packed, policy.weight_bits, columns,
-                                     xp=ops), "float32")
+    levels = packing.unpack(packed, policy.weight_bits, columns, xp=ops)
+    axis = 1
+    if transposed:
+        levels, scale, zero = (ops.transpose(t) for t in (levels, scale, zero))
+        axis = 0
+    levels = ops.cast(levels, "float32")
     if contiguous:
         # Scales and zero points repeated to one per column: XLA fuses the
         # broadcast into the one elementwise pass over the levels (a
@@ -121,13 +133,13 @@ def dequantize_rows(packed, scale, zero, g_idx, policy, columns,
         size = grid.group_columns(policy.group_size, columns)
 
         def per_column(t):
-            return ops.repeat(ops.cast(t, "float32"), size, axis=1)[
-                :, :columns]
+            t = ops.repeat(ops.cast(t, "float32"), size, axis=axis)
+            return t[:columns] if transposed else t[:, :columns]
 
         return (levels - per_column(zero)) * per_column(scale)
     g_idx = ops.cast(g_idx, "int32")
-    scale = ops.take(scale, g_idx, axis=1)
-    zero = ops.cast(ops.take(zero, g_idx, axis=1), "float32")
+    scale = ops.take(scale, g_idx, axis=axis)
+    zero = ops.cast(ops.take(zero, g_idx, axis=axis), "float32")
     return (levels - zero) * scale
 
 
@@ -142,7 +154,8 @@ def packed_call(layer, inputs):
     """The layer's forward pass: `kernels.matmul` on its input rows."""
     lay = layer._gptq_layout
     rows = lay.inputs_to_rows(ops.cast(inputs, layer.compute_dtype))
-    y = kernels.matmul(layer, rows, lambda: _stored_matrix(layer))
+    y = kernels.matmul(layer, rows,
+                       lambda: _stored_matrix(layer, transposed=True))
     y = layout_lib.rows_to_outputs(layer, inputs, y)
     if layer.bias is not None:
         y = ops.add(y, layer.bias)

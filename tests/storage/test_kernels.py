@@ -135,6 +135,51 @@ def test_uneven_groups_keep_the_gather_path():
     assert_close(ops.convert_to_numpy(layer(x)), x @ W.T, 1e-5)
 
 
+@pytest.mark.skipif(BACKEND != "jax", reason="inspects XLA's optimized "
+                    "HLO (jax); the torch/tf paths have no compiled loop")
+@pytest.mark.parametrize("act_order", [False, True])
+def test_a_decode_loop_reads_the_weight_without_a_float_transpose(act_order):
+    # In a compiled decode loop XLA hoists the dequantization (loop
+    # invariant) out of the loop. What stays in the loop must read that
+    # float matrix as the dot wants it: a transpose left in the loop
+    # copied the whole float matrix at every step (decode 0.87x float32
+    # on SmolLM2; 1.1x without it, benchmarks/RESULTS.md).
+    import jax
+    import re
+
+    layer, _, kernel, x = packed("dense", 4, 32, act_order)
+    rows = x.reshape(-1, 96)[:1]
+    values = [v.value for v in layer.trainable_variables]
+    others = [v.value for v in layer.non_trainable_variables]
+
+    def loop(values, others, x):
+        def body(i, x):
+            y, _ = layer.stateless_call(values, others, x)
+            return x + ops.sum(y) * 0.0
+        return jax.lax.fori_loop(0, 4, body, x)
+
+    hlo = jax.jit(loop).lower(values, others, rows).compile().as_text()
+    bodies = re.findall(r"body=(%[\w.\-]+)", hlo)
+    assert bodies
+    called = set(bodies)
+    # Every computation the while body reaches (fusions included).
+    text = {m.group(1): m.group(2) for m in re.finditer(
+        r"^(%[\w.\-]+) [^\n]*\{\n(.*?)^\}", hlo, re.M | re.S)}
+    frontier = list(called)
+    while frontier:
+        for name in re.findall(r"(?:calls|to_apply|body|condition)="
+                               r"(%[\w.\-]+)", text.get(frontier.pop(), "")):
+            if name not in called:
+                called.add(name)
+                frontier.append(name)
+    inside = "\n".join(text.get(name, "") for name in called)
+    float_matrix = r"f32\[(40,96|96,40)\]\S* (transpose|copy)\("
+    assert not re.search(float_matrix, inside), inside
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(layer(rows)), rows @ kernel, rtol=1e-5,
+        atol=1e-5)
+
+
 def model_of(layer, x_shape):
     inputs = keras.Input(x_shape[1:], batch_size=x_shape[0])
     return keras.Model(inputs, layer(inputs))
