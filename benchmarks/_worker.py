@@ -141,17 +141,19 @@ def chosen(text, allowed, flag):
     return names
 
 
-def time_generate(model, prompt, batch, total, repeats):
+def time_generate(model, prompt, batch, total, repeats, compile_first=True):
     """Best-of-`repeats` seconds for `model.generate` to fill
     `[batch, total]` greedily from `prompt` (token ids; one warm-up call
-    compiles the shape first)."""
+    compiles the shape first unless `compile_first` is False; infinity
+    when `repeats` is 0)."""
     import numpy as np
     ids = np.zeros((batch, total), "int32")
     ids[:, :len(prompt)] = prompt
     mask = np.zeros((batch, total), bool)
     mask[:, :len(prompt)] = True
     inputs = {"token_ids": ids, "padding_mask": mask}
-    model.generate(inputs, stop_token_ids=None)  # compiles this shape
+    if compile_first:
+        model.generate(inputs, stop_token_ids=None)  # compiles this shape
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()

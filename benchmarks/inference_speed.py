@@ -21,9 +21,12 @@ first):
   (`keras_gptq.storage.kernels.cached_bytes`).
 
 Usage (defaults are modest for a 2-core CPU; `--full` gives the issue's
-sizes, prefill 1x256 and 8x256, 32 new tokens):
+sizes, prefill 1x256 and 8x256, 32 new tokens; `--interleaved` times every
+method in one process, in alternation, for steadier ratios when the
+machine is shared):
 
     KERAS_BACKEND=jax python benchmarks/inference_speed.py [--full]
+        [--interleaved]
 """
 
 import argparse
@@ -81,34 +84,80 @@ def _weights_mb(model):
     return total / 2**20
 
 
-def _measure(model, args):
-    """`{metric: value}` for one model (see the module docstring)."""
+def _plan(model, args):
+    """The generate calls to time: `[(name, prompt ids, batch, total)]`."""
     import numpy as np
-    preprocessor = model.preprocessor
-    x = preprocessor.generate_preprocess(PROMPT)
+    x = model.preprocessor.generate_preprocess(PROMPT)
     short = np.asarray(x["token_ids"])[np.asarray(x["padding_mask"], bool)]
     long = np.resize(short, args.prefill_length)
-    model.preprocessor = None
+    plan = [(f"prefill {b}", long, b, args.prefill_length + 1)
+            for b in args.batches]
+    for b in args.batches:
+        plan.append((f"first {b}", short, b, len(short) + 1))
+        plan.append((f"longer {b}", short, b, len(short) + 1 + args.new_tokens))
+    return plan
+
+
+def _metrics(seconds, args):
+    """`{metric: value}` from the best seconds of each planned call."""
     out = {}
+    for b in args.batches:
+        out[f"prefill {b}x{args.prefill_length} tok/s"] = (
+            b * args.prefill_length / seconds[f"prefill {b}"])
+    for b in args.batches:
+        if b == 1:
+            out["first token s"] = seconds["first 1"]
+        out[f"decode b{b} tok/s"] = b * args.new_tokens / (
+            seconds[f"longer {b}"] - seconds[f"first {b}"])
+    return out
+
+
+def _measure(model, args):
+    """`{metric: value}` for one model (see the module docstring)."""
+    plan = _plan(model, args)
+    preprocessor, model.preprocessor = model.preprocessor, None
     try:
-        for batch in args.batches:
-            seconds = _worker.time_generate(model, long, batch,
-                                     args.prefill_length + 1, args.repeats)
-            out[f"prefill {batch}x{args.prefill_length} tok/s"] = (
-                batch * args.prefill_length / seconds)
-        for batch in args.batches:
-            first = _worker.time_generate(model, short, batch, len(short) + 1,
-                                   args.repeats)
-            if batch == 1:
-                out["first token s"] = first
-            longer = _worker.time_generate(
-                model, short, batch, len(short) + 1 + args.new_tokens,
-                args.repeats)
-            out[f"decode b{batch} tok/s"] = (
-                batch * args.new_tokens / (longer - first))
+        seconds = {name: _worker.time_generate(model, prompt, batch, total,
+                                               args.repeats)
+                   for name, prompt, batch, total in plan}
     finally:
         model.preprocessor = preprocessor
-    return out
+    return _metrics(seconds, args)
+
+
+def interleaved(methods, args):
+    """Every method's model in this one process, timed in alternation.
+
+    For each planned call, each model is compiled first, then the rounds
+    go model after model (`--repeats` rounds, best of each), so a change
+    in machine load during the run hits every row alike: on a shared
+    machine the ratios are steadier than with one process per row. Memory
+    columns are the models' own variables, as in the other mode.
+    """
+    import keras
+    import keras_gptq  # noqa: F401  (installs the packed-layer seam)
+    from keras_gptq.examples import bundled
+    models = {}
+    for method in methods:
+        keras.utils.set_random_seed(0)
+        models[method] = bundled.load_default_model()
+        _apply(method, models[method], args)
+    plan = _plan(next(iter(models.values())), args)
+    for model in models.values():
+        model.preprocessor = None
+    best = {m: {} for m in models}
+    for name, prompt, batch, total in plan:
+        for method, model in models.items():
+            best[method][name] = _worker.time_generate(
+                model, prompt, batch, total, 0)  # compiles only
+        for _ in range(args.repeats):
+            for method, model in models.items():
+                seconds = _worker.time_generate(model, prompt, batch, total,
+                                                1, compile_first=False)
+                best[method][name] = min(best[method][name], seconds)
+    return [{"method": m, "backend": keras.config.backend(),
+             "weights MB": _weights_mb(models[m]),
+             **_metrics(best[m], args)} for m in models]
 
 
 def worker(method, result_path, args):
@@ -155,6 +204,9 @@ def parse_args(argv=None):
                         help="prefill 256 and 32 new tokens")
     parser.add_argument("--out", default=None,
                         help="JSON file for the rows (default: none)")
+    parser.add_argument("--interleaved", action="store_true",
+                        help="all methods in one process, timed in "
+                        "alternation (steadier ratios on a shared machine)")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.full:
@@ -169,6 +221,13 @@ def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         return worker(*args.worker, args)
+    if args.interleaved:
+        rows = interleaved(args.methods.split(","), args)
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(rows, f, indent=1)
+        print(render(rows, args))
+        return None
     rows = []
     flags = ["--prefill-length", str(args.prefill_length), "--batches",
              ",".join(map(str, args.batches)), "--new-tokens",
