@@ -10,6 +10,10 @@ receives in the float model with what it receives in the quantized one.
 Only when every block is done are the layers converted to packed
 storage; if anything fails or is interrupted on the way, every weight is put
 back and the model is left as it was.
+
+The walk (`run_walk`) takes its blocks from a block source: the model in
+memory (`InMemoryBlocks`), or a preset on disk, one block loaded at a time
+and packed at once (`keras_gptq.model.low_memory`).
 """
 
 import contextlib
@@ -59,27 +63,64 @@ def quantize(model, config, filters=None, verbose=True):
             Troubleshooting section). On any error or interruption the
             model is left exactly as it was.
     """
+    check_arguments(config, filters)
+    check_model(model, config)
+    devices.check_model(model, devices.active())
+    plan = structure.plan_walk(model, config, filters)
+    if plan is None:
+        warnings.warn("No Dense/EinsumDense layer matched `filters`; the "
+                      "model is unchanged.", stacklevel=2)
+        return report_lib.QuantizationReport([], 0.0, 0)
+    return run_walk(model, config, plan, verbose, InMemoryBlocks())
+
+
+def check_arguments(config, filters):
+    """Raises TypeError or ValueError for a bad `config` or `filters`."""
     if not isinstance(config, GPTQConfig):
         raise TypeError(
             "`config` must be a keras_gptq.GPTQConfig, but received "
             f"{type(config).__name__}."
         )
     structure.check_filters(filters)
-    _check_model(model, config)
+
+
+class InMemoryBlocks:
+    """Where the walk finds the blocks of a model held in memory (see
+    `run_walk`): nothing to load; every solved layer is packed once the
+    whole walk is done, all or nothing."""
+
+    def load(self, block):
+        """Readies `block` for solving (in memory: nothing to do)."""
+
+    def done(self, block, solved):
+        """Returns what the walk keeps of `block`'s solved items: all."""
+        return solved
+
+    def finish(self, solved, config):
+        """Packs every solved item; on failure unpacks those packed."""
+        _write_all(solved, config)
+
+
+def run_walk(model, config, plan, verbose, source):
+    """Calibrates, walks `plan`'s blocks and stores the results.
+
+    Args:
+        model: the model (a KerasHub `CausalLM`, or its backbone).
+        config: the `GPTQConfig`.
+        plan: its `structure.WalkPlan` (`structure.plan_walk`).
+        verbose: show progress bars.
+        source: where the blocks come from, an object with
+            `load(block)` (called before the block is solved: its weights
+            must then be in place), `done(block, solved)` (called after;
+            returns the items to keep, each with `entries`) and
+            `finish(kept, config)` (called once every block is done):
+            `InMemoryBlocks`, or `low_memory.PresetBlocks`, which loads
+            each block from a preset on disk and packs it at once.
+
+    Returns:
+        The `QuantizationReport` (also kept as `model.gptq_report`).
+    """
     distribution = devices.active()
-    devices.check_model(model, distribution)
-    blocks = structure.sequential_blocks(
-        model, config.quantization_layer_structure)
-    targets = {id(b): [layer for layer in structure.target_layers(
-        b, filters, config.quantize_router)
-        if config.for_layer(layer.path) is not None] for b in blocks}
-    banks = {id(b): [moe for moe in structure.target_banks(b, filters)
-                     if config.for_layer(moe.bank.path) is not None]
-             for b in blocks}
-    if not any(targets.values()) and not any(banks.values()):
-        warnings.warn("No Dense/EinsumDense layer matched `filters`; the "
-                      "model is unchanged.", stacklevel=2)
-        return report_lib.QuantizationReport([], 0.0, 0)
     with timing.record() as timer:
         start = time.perf_counter()
         with timing.stage("calibration"):
@@ -92,10 +133,10 @@ def quantize(model, config, filters=None, verbose=True):
         batches = devices.global_batches(
             [windows[i:i + step] for i in range(0, len(windows), step)],
             distribution)
-        solved = _walk(model, blocks, (targets, banks), batches, config,
-                       verbose, devices.placer(distribution))
+        solved = _walk(model, plan, batches, config, verbose,
+                       devices.placer(distribution), source)
         with timing.stage("write"):
-            _write_all(solved, config)
+            source.finish(solved, config)
             structure.reset_compiled_functions(model)
         seconds = time.perf_counter() - start
     report = report_lib.QuantizationReport(
@@ -155,7 +196,9 @@ class SolvedLayer:
         storage.restore_float(self.layer, token)
 
 
-def _check_model(model, config):
+def check_model(model, config):
+    """Raises ValueError unless `model` is built and takes windows of
+    `config.sequence_length` tokens."""
     if not model.built:
         raise ValueError(
             f"Model {model.name!r} is not built. Build it (e.g. call it on a "
@@ -171,17 +214,20 @@ def _check_model(model, config):
         )
 
 
-def _walk(model, blocks, targets, batches, config, verbose, place=None):
-    """Solves every block in order; returns the `SolvedLayer`s (and
-    `expert_walk.SolvedBank`s). `targets` is `(layers, banks)`, each a
-    dict keyed by `id(block)`; `place` puts the model inputs on the
-    devices (`devices.placer`), None leaves them to the backend.
+def _walk(model, plan, batches, config, verbose, place, source):
+    """Solves every block of `plan` in order; returns what `source` keeps
+    of the `SolvedLayer`s (and `expert_walk.SolvedBank`s). `place` puts
+    the model inputs on the devices (`devices.placer`), None leaves them
+    to the backend; `source` loads each block before it is solved (see
+    `run_walk`).
 
     Only the block being solved holds its dequantized weights (so that the
     next block's inputs come from the quantized block); its float kernels
     are put back before the next block, and on any failure, so the model
     is unchanged when this returns or raises.
     """
+    blocks = plan.blocks
+    source.load(blocks[0])
     with progress.bar(len(batches), "calibration", "batch", verbose) as bar:
         calls = capture.catch_block_inputs(model, blocks[0], batches,
                                            on_batch=bar.update, place=place)
@@ -189,15 +235,15 @@ def _walk(model, blocks, targets, batches, config, verbose, place=None):
     inputs = BlockInputs(calls, calls if config.asymmetric_calibration
                          else None)
     solved = []
-    layers, banks = targets
-    total = sum(len(layers[id(b)]) for b in blocks)
+    total = sum(len(plan.layers[id(b)]) for b in blocks)
     with progress.bar(len(blocks), "blocks", "block", verbose) as block_bar, \
             progress.bar(total, "layers", "layer", verbose, 1) as layer_bar:
         for block in blocks:
+            source.load(block)
             block_solved, inputs = _solve_block(
-                block, (layers[id(block)], banks[id(block)]), inputs, config,
-                layer_bar)
-            solved += block_solved
+                block, (plan.layers[id(block)], plan.banks[id(block)]),
+                inputs, config, layer_bar)
+            solved += source.done(block, block_solved)
             memory.release_freed_memory()  # this block's Hessians, inputs
             block_bar.update()
     return solved

@@ -5,11 +5,13 @@
 `get_quantization_layer_structure("gptq")`); `target_layers` lists a
 block's Dense/EinsumDense layers that `filters` selects and that are one
 `W[out, in]` matrix (mixture-of-experts router gates only when asked);
-`target_banks` lists its expert banks (`model/experts.py`);
+`target_banks` lists its expert banks (`model/experts.py`); `plan_walk`
+gathers both for every block, as the config's overrides select them;
 `reset_compiled_functions` drops what a model compiled around its float
 layers once they change.
 """
 
+import dataclasses
 import re
 import warnings
 
@@ -133,3 +135,38 @@ def reset_compiled_functions(model):
                  "generate_function"):
         if hasattr(model, name):
             setattr(model, name, None)
+
+
+@dataclasses.dataclass
+class WalkPlan:
+    """What the walk visits.
+
+    Attributes:
+        blocks: the transformer blocks, in the order the model runs them.
+        layers: `{id(block): [Dense/EinsumDense layers to quantize]}`.
+        banks: `{id(block): [experts.MoeLayer to quantize]}`.
+    """
+
+    blocks: list
+    layers: dict
+    banks: dict
+
+
+def plan_walk(model, config, filters=None):
+    """The blocks of `model` and the layers and expert banks of each that
+    `filters` and `config.overrides` select; None when there are none.
+
+    Reads only the layers' types, paths and kernel shapes, not their
+    values.
+    """
+    blocks = sequential_blocks(
+        model, config.quantization_layer_structure)
+    layers = {id(b): [layer for layer in target_layers(
+        b, filters, config.quantize_router)
+        if config.for_layer(layer.path) is not None] for b in blocks}
+    banks = {id(b): [moe for moe in target_banks(b, filters)
+                     if config.for_layer(moe.bank.path) is not None]
+             for b in blocks}
+    if not any(layers.values()) and not any(banks.values()):
+        return None
+    return WalkPlan(blocks, layers, banks)
