@@ -168,13 +168,28 @@ def load_model(preset):
     if preset in QWEN_MODELS:
         from keras_gptq.examples import qwen
         return qwen.load_qwen2_5(QWEN_MODELS[preset])
+    check_preset_argument(preset)
+    import keras_hub
+    return keras_hub.models.CausalLM.from_preset(preset)
+
+
+def check_preset_argument(preset):
+    """Raises CLIError for a path that names no folder."""
     looks_like_path = os.sep in preset or preset.startswith(".")
     if "://" not in preset and not os.path.exists(preset) and looks_like_path:
         raise CLIError(f"no such preset folder: {preset!r}.")
     if os.path.exists(preset) and not os.path.isdir(preset):
         raise CLIError(f"{preset!r} is a file; pass the preset folder.")
+
+
+def preset_tokenizer(preset):
+    """The tokenizer a KerasHub preset saves (`tokenizer.json`), or None."""
+    from keras_hub.src.utils import preset_utils
+    if not preset_utils.check_file_exists(
+            preset, preset_utils.TOKENIZER_CONFIG_FILE):
+        return None
     import keras_hub
-    return keras_hub.models.CausalLM.from_preset(preset)
+    return keras_hub.tokenizers.Tokenizer.from_preset(preset)
 
 
 def load_data(dataset, evaluation):

@@ -16,6 +16,11 @@ def add_parser(subparsers, parent):
                    help="folder to save the quantized preset to (an existing "
                         "preset there is replaced only once the new one is "
                         "completely written).")
+    p.add_argument("--low-memory", action="store_true",
+                   help="never hold the whole float model: read a KerasHub "
+                        "preset's weights one transformer block at a time "
+                        "(same integers as without the flag; the preset "
+                        "must be a KerasHub preset folder or handle).")
     common.add_gptq_arguments(p)
     common.add_data_arguments(p, "bundled.calibration_texts()")
     p.set_defaults(command=run)
@@ -24,13 +29,38 @@ def add_parser(subparsers, parent):
 def run(args):
     """Quantizes `args.preset` with the flags' config; saves `args.out`."""
     import keras_gptq
+    if args.low_memory:
+        return _run_low_memory(args)
     model = common.load_model(args.preset)
     config = common.config_from_args(
         args, common.load_data(args.dataset, evaluation=False),
         common.tokenizer_of(model))
     report = keras_gptq.quantize(model, config, verbose=not args.quiet)
-    if not args.quiet:
-        print(report)
+    _finish(args, report)
     model.save_to_preset(args.out)
     print(f"Saved the quantized preset to {args.out}")
     return 0
+
+
+def _run_low_memory(args):
+    """`--low-memory`: `keras_gptq.quantize_preset` on the preset."""
+    import keras_gptq
+    common.check_preset_argument(args.preset)
+    if args.preset in (common.DEFAULT_MODEL, *common.QWEN_MODELS):
+        raise common.CLIError(
+            f"--low-memory reads a KerasHub preset, and {args.preset!r} is "
+            "converted from GGUF in memory: save it once as a preset "
+            "(`save_to_preset`) and pass that folder.")
+    config = common.config_from_args(
+        args, common.load_data(args.dataset, evaluation=False),
+        common.preset_tokenizer(args.preset))
+    report = keras_gptq.quantize_preset(args.preset, args.out, config,
+                                        verbose=not args.quiet)
+    _finish(args, report)
+    print(f"Saved the quantized preset to {args.out}")
+    return 0
+
+
+def _finish(args, report):
+    if not args.quiet:
+        print(report)

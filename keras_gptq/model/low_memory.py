@@ -85,7 +85,7 @@ def quantize_preset(preset, output_dir, config, filters=None, verbose=True):
     ```
     """
     pipeline.check_arguments(config, filters)
-    _check_paths(preset, output_dir)
+    preset, output_dir = _check_paths(preset, output_dir)
     if devices.batch_devices(devices.active()) > 1:
         raise ValueError(
             "Low-memory mode (`quantize_preset`, `--low-memory`) does not "
@@ -108,6 +108,7 @@ def quantize_preset(preset, output_dir, config, filters=None, verbose=True):
 
 
 def _check_paths(preset, output_dir):
+    """Returns `(preset, output_dir)` as strings, or raises."""
     if not isinstance(preset, (str, os.PathLike)) or not isinstance(
             output_dir, (str, os.PathLike)):
         raise TypeError(
@@ -134,6 +135,7 @@ def _check_paths(preset, output_dir):
         raise ValueError(
             f"{preset!r} has task weights ({preset_utils.TASK_WEIGHTS_FILE}),"
             " which low-memory mode does not read. Quantize it in memory.")
+    return preset, output_dir
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ FLAGS = {
                  "--asymmetric-calibration",
                  "--symmetric", "--damping", "--samples", "--seq-len",
                  "--dataset", "--backend", "--seed", "--quiet", "--debug",
-                 "--start-token", "--sink-weight"],
+                 "--start-token", "--sink-weight", "--low-memory"],
     "eval": ["--dataset", "--seq-len", "--max-tokens", "--backend",
              "--quiet", "--debug", "--start-token"],
     "inspect": ["--backend", "--debug"],
@@ -159,6 +159,34 @@ def test_library_error_exits_1(workdir, capsys):
     err = capsys.readouterr().err
     assert err.startswith("keras-gptq: error: `num_samples` must be >= 1")
     assert not (workdir / "unused").exists()
+
+
+def test_low_memory_flag_writes_the_same_preset(quantized, workdir):
+    import h5py
+    import numpy as np
+    _, in_memory = quantized
+    out = workdir / "gptq_low_memory"
+    assert cli.main(["quantize", str(workdir / "float"), "--out", str(out),
+                     "--low-memory", "--dataset", str(workdir / "ids.npy"),
+                     "--samples", "4", "--seq-len", "32", "--group-size",
+                     "32", "--quiet"]) == 0
+    files = [h5py.File(folder / "model.weights.h5", "r")
+             for folder in (in_memory, out)]
+    arrays = [{}, {}]
+    for found, f in zip(arrays, files):
+        f.visititems(lambda name, obj, found=found: found.__setitem__(
+            name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+        f.close()
+    assert arrays[0].keys() == arrays[1].keys()
+    assert all(np.array_equal(arrays[0][k], arrays[1][k]) for k in arrays[0])
+
+
+@pytest.mark.one_backend
+def test_low_memory_needs_a_keras_hub_preset(tmp_path, capsys):
+    assert cli.main(["quantize", "default", "--out", str(tmp_path / "o"),
+                     "--low-memory"]) == 1
+    assert "--low-memory reads a KerasHub preset" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_inspect_float_preset_is_an_error(workdir, capsys):
