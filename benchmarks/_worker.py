@@ -13,12 +13,32 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 
 def peak_rss_mb():
     """This process's peak resident memory so far, in MB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class PeakSampler(threading.Thread):
+    """Samples this process's RSS until stopped; keeps the peak."""
+
+    def __init__(self):
+        import psutil
+        super().__init__(daemon=True)
+        self.process, self.peak, self.running = psutil.Process(), 0, True
+
+    def run(self):
+        while self.running:
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.02)
+
+    def stop(self):
+        self.running = False
+        self.join()
+        return self.peak
 
 
 def weights_mb(model):

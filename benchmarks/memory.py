@@ -18,36 +18,22 @@ Usage: KERAS_BACKEND=jax python benchmarks/memory.py [--samples 32]
 
 import argparse
 import math
-import threading
+import os
+import sys
 import time
 
 import numpy as np
 import psutil
 
-import keras_gptq
-from keras_gptq.examples import bundled
-from keras_gptq.model import capture
-from keras_gptq.model import pipeline
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _worker  # noqa: E402
+
+import keras_gptq  # noqa: E402
+from keras_gptq.examples import bundled  # noqa: E402
+from keras_gptq.model import capture  # noqa: E402
+from keras_gptq.model import pipeline  # noqa: E402
 
 MB = 2**20
-
-
-class _PeakSampler(threading.Thread):
-    """Samples this process's RSS until stopped; keeps the peak."""
-
-    def __init__(self):
-        super().__init__(daemon=True)
-        self.process, self.peak, self.running = psutil.Process(), 0, True
-
-    def run(self):
-        while self.running:
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(0.02)
-
-    def stop(self):
-        self.running = False
-        self.join()
-        return self.peak
 
 
 def _rss():
@@ -93,7 +79,7 @@ def main():
         model(capture.model_inputs(model, batch))
     ran = _rss()
     blocks = _per_block_rss() if hasattr(pipeline, "_solve_block") else []
-    sampler = _PeakSampler()
+    sampler = _worker.PeakSampler()
     sampler.start()
     start = time.perf_counter()
     keras_gptq.quantize(model, config, verbose=False)

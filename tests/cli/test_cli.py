@@ -13,6 +13,7 @@ import pytest
 import keras_gptq.config
 
 from helpers.cli import run_cli
+from helpers.models import preset_arrays
 from helpers.models import save_tiny_preset
 from keras_gptq.cli import common
 from keras_gptq.cli import inspect_preset
@@ -162,7 +163,6 @@ def test_library_error_exits_1(workdir, capsys):
 
 
 def test_low_memory_flag_writes_the_same_preset(quantized, workdir):
-    import h5py
     import numpy as np
     _, in_memory = quantized
     out = workdir / "gptq_low_memory"
@@ -170,13 +170,7 @@ def test_low_memory_flag_writes_the_same_preset(quantized, workdir):
                      "--low-memory", "--dataset", str(workdir / "ids.npy"),
                      "--samples", "4", "--seq-len", "32", "--group-size",
                      "32", "--quiet"]) == 0
-    files = [h5py.File(folder / "model.weights.h5", "r")
-             for folder in (in_memory, out)]
-    arrays = [{}, {}]
-    for found, f in zip(arrays, files):
-        f.visititems(lambda name, obj, found=found: found.__setitem__(
-            name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
-        f.close()
+    arrays = [preset_arrays(in_memory), preset_arrays(out)]
     assert arrays[0].keys() == arrays[1].keys()
     assert all(np.array_equal(arrays[0][k], arrays[1][k]) for k in arrays[0])
 

@@ -9,7 +9,6 @@ import json
 import os
 import weakref
 
-import h5py
 import keras
 import numpy as np
 import pytest
@@ -17,6 +16,8 @@ import pytest
 import keras_gptq
 from helpers.families import build_family
 from helpers.models import markov_tokens
+from helpers.models import preset_arrays
+from keras_gptq.keras_patches.saving import CorruptPresetError
 from keras_gptq.model import low_memory
 from keras_gptq.model import pipeline
 
@@ -31,22 +32,13 @@ def _config(**kwargs):
     return keras_gptq.GPTQConfig(**settings)
 
 
-def _arrays(folder):
-    """`{dataset path: array}` of a preset's weights file."""
-    found = {}
-    with h5py.File(os.path.join(folder, _WEIGHTS), "r") as f:
-        f.visititems(lambda name, obj: found.__setitem__(name, obj[()])
-                     if isinstance(obj, h5py.Dataset) else None)
-    return found
-
-
 def _assert_same_preset(a, b):
     assert sorted(os.listdir(a)) == sorted(os.listdir(b))
     for name in ("config.json", "task.json"):
         with open(os.path.join(a, name)) as fa, open(
                 os.path.join(b, name)) as fb:
             assert json.load(fa) == json.load(fb), name
-    left, right = _arrays(a), _arrays(b)
+    left, right = preset_arrays(a), preset_arrays(b)
     assert left.keys() == right.keys()
     differ = [k for k in left if left[k].dtype != right[k].dtype
               or not np.array_equal(left[k], right[k])]
@@ -198,6 +190,18 @@ def test_bad_arguments(case, error, match, llama3_preset, tmp_path):
         filters = "["
     with pytest.raises(error, match=match):
         keras_gptq.quantize_preset(preset, out, config, filters,
+                                   verbose=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_weights_are_named(llama3_preset, tmp_path):
+    import shutil
+    broken = tmp_path / "broken"
+    shutil.copytree(llama3_preset, broken)
+    with open(broken / _WEIGHTS, "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(CorruptPresetError, match="Could not open the weights"):
+        keras_gptq.quantize_preset(broken, tmp_path / "out", _config(),
                                    verbose=False)
     assert not (tmp_path / "out").exists()
 

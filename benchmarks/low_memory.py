@@ -1,0 +1,141 @@
+"""Peak memory and time: quantizing in memory vs block by block from disk.
+
+The bundled SmolLM2-135M-Instruct (float32) is saved once as a KerasHub
+preset (`<cache>/smollm2-135m-preset`, see `keras_gptq.examples.cache`);
+then each way runs in its own fresh process:
+
+- `in-memory`: `CausalLM.from_preset(preset)`, `keras_gptq.quantize`,
+  `save_to_preset`;
+- `low-memory`: `keras_gptq.quantize_preset(preset, out, config)`.
+
+Both use the same config (4-bit, group 128, act-order, `--samples` x
+`--seq-len` windows of the bundled text, the preset's tokenizer). Each row
+reports the process's RSS after imports, its peak RSS while loading,
+quantizing and saving (sampled every 20 ms; `ru_maxrss` would include the
+parent's) and the wall time of load + quantize + save; the last line says whether the two saved presets hold the same
+integers (every variable of the weights file equal).
+
+Usage: KERAS_BACKEND=jax python benchmarks/low_memory.py [--samples 32]
+       [--seq-len 256]
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _worker  # noqa: E402
+
+METHODS = ("in-memory", "low-memory")
+
+
+def float_preset():
+    """The bundled model saved as a KerasHub preset (built once; the save
+    is all or nothing)."""
+    from keras_gptq.examples import bundled
+    from keras_gptq.examples import cache
+    folder = os.path.join(cache.cache_root(), "smollm2-135m-preset")
+    if not os.path.isfile(os.path.join(folder, "model.weights.h5")):
+        bundled.load_default_model().save_to_preset(folder)
+    return folder
+
+
+def _config(preset, args):
+    import keras_hub
+
+    import keras_gptq
+    from keras_gptq.examples import bundled
+    return keras_gptq.GPTQConfig(
+        dataset=bundled.calibration_texts(),
+        tokenizer=keras_hub.tokenizers.Tokenizer.from_preset(preset),
+        weight_bits=4, group_size=128, activation_order=True,
+        num_samples=args.samples, sequence_length=args.seq_len)
+
+
+def worker(args):
+    """Runs one way (`args.worker`) and writes its row to `args.result`."""
+    import keras_hub
+    import psutil
+
+    import keras_gptq
+    runtime = psutil.Process().memory_info().rss / 2**20
+    out = os.path.join(args.out_root, args.worker)
+    config = _config(args.preset, args)
+    sampler = _worker.PeakSampler()
+    sampler.start()
+    start = time.perf_counter()
+    if args.worker == "in-memory":
+        model = keras_hub.models.CausalLM.from_preset(args.preset)
+        report = keras_gptq.quantize(model, config, verbose=False)
+        model.save_to_preset(out)
+    else:
+        report = keras_gptq.quantize_preset(args.preset, out, config,
+                                            verbose=False)
+    seconds = time.perf_counter() - start
+    row = dict(method=args.worker, runtime_mb=runtime,
+               peak_rss_mb=sampler.stop() / 2**20, seconds=seconds,
+               quantize_seconds=report.seconds, layers=len(report.layers))
+    with open(args.result, "w") as f:
+        json.dump(row, f)
+
+
+def same_integers(a, b):
+    """True when two presets' weights files hold the same arrays."""
+    import h5py
+    import numpy as np
+
+    def arrays(folder):
+        found = {}
+        with h5py.File(os.path.join(folder, "model.weights.h5"), "r") as f:
+            f.visititems(lambda name, obj: found.__setitem__(name, obj[()])
+                         if isinstance(obj, h5py.Dataset) else None)
+        return found
+
+    left, right = arrays(a), arrays(b)
+    return left.keys() == right.keys() and all(
+        np.array_equal(left[k], right[k]) for k in left)
+
+
+def main():
+    """Runs both ways in fresh processes and prints them side by side."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--preset", help=argparse.SUPPRESS)
+    parser.add_argument("--out-root", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+    preset = float_preset()
+    float_mb = _worker.dir_mb(preset)
+    with tempfile.TemporaryDirectory() as out_root:
+        flags = ["--samples", str(args.samples), "--seq-len",
+                 str(args.seq_len), "--preset", preset, "--out-root",
+                 out_root]
+        rows = [_worker.run_worker(__file__, m, flags) for m in METHODS]
+        same = all("error" not in r for r in rows) and same_integers(
+            *(os.path.join(out_root, m) for m in METHODS))
+    print(f"\nSmolLM2-135M float32 preset: {float_mb:.0f} MB; "
+          f"{args.samples} x {args.seq_len} calibration, 4-bit g128 "
+          "act-order")
+    print(f"| way | RSS after imports (MB) | peak RSS (MB) | above imports "
+          "(MB) | load + quantize + save (s) | quantize (s) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['method']} | failed ({r['error']}) | | | | |")
+            continue
+        print(f"| {r['method']} | {r['runtime_mb']:.0f} | "
+              f"{r['peak_rss_mb']:.0f} | "
+              f"{r['peak_rss_mb'] - r['runtime_mb']:.0f} | "
+              f"{r['seconds']:.0f} | {r['quantize_seconds']:.0f} |")
+    print(f"same integers in both presets: {same}")
+
+
+if __name__ == "__main__":
+    main()
