@@ -95,7 +95,10 @@ def quantize_preset(preset, output_dir, config, filters=None, verbose=True):
     with _weights_store(preset) as store:
         model = _deferred_model(preset)
         pipeline.check_model(model, config)
-        plan = structure.plan_walk(model, config, filters)
+        # Some tasks' block structure builds a model of the embeddings
+        # (GPT-2): in the scope, torch does not track placeholders for it.
+        with _deferring():
+            plan = structure.plan_walk(model, config, filters)
         if plan is None:
             raise ValueError(
                 "No Dense/EinsumDense layer matched `filters`: there is "
@@ -168,31 +171,32 @@ def _weights_store(preset):
 
 
 @contextlib.contextmanager
-def _deferring(created):
-    """Variables created inside get no value; they are appended to
-    `created` (and kept out of Keras's global list of deferred variables,
-    which a later `StatelessScope` would initialize)."""
+def _deferring():
+    """Variables created inside get no value. They are kept out of Keras's
+    global list of deferred variables, which the end of any later
+    `StatelessScope` would initialize."""
     before = global_state.get_global_attribute(_DEFERRED)
     global_state.set_global_attribute(_DEFERRED, [])
     try:
         with keras.StatelessScope(initialize_variables=False):
             yield
     finally:
-        created += global_state.get_global_attribute(_DEFERRED) or []
         global_state.set_global_attribute(_DEFERRED, before)
 
 
 def _deferred_model(preset):
     """The preset's `CausalLM`, built as `CausalLM.from_preset(preset,
-    load_weights=False)` builds it, with its backbone's variables deferred
-    (no values)."""
+    load_weights=False)` builds it, with its variables deferred (no
+    values). It is compiled after the scope (the optimizer's variables
+    cannot be deferred); on torch, building inside the scope also keeps
+    the layers from tracking placeholder parameters."""
     import keras_hub
 
-    with _deferring([]):
-        backbone = keras_hub.models.Backbone.from_preset(
-            preset, load_weights=False)
-    return keras_hub.models.CausalLM.from_preset(
-        preset, backbone=backbone, load_weights=False)
+    with _deferring():
+        model = keras_hub.models.CausalLM.from_preset(
+            preset, load_weights=False, compile=False)
+    model.compile()
+    return model
 
 
 def _is_deferred(variable):
