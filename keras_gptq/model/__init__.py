@@ -9,6 +9,8 @@ Read in the order the data meets it:
 - `solve`: one named matrix: checks, GPTQ (or RTN), the report entry.
 - `expert_walk`: a block's expert banks, one Hessian per expert.
 - `pipeline`: the block-by-block driver (`quantize`), rollback on failure.
+- `low_memory`: the same walk over a preset on disk (`quantize_preset`),
+  one block's float weights in memory at a time.
 - `baselines`: round-to-nearest on the same grid, for comparison.
 - `report`: the per-layer report.
 
