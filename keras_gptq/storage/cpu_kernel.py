@@ -157,7 +157,13 @@ def build(compiler, include_dir, path):
 
 @functools.lru_cache(maxsize=None)
 def _library():
-    """The loaded and registered library, or None (one warning)."""
+    """The loaded and registered library, built once a process, or None."""
+    return _load()
+
+
+def _load():
+    """Builds (if not cached), loads and registers the library; None, with
+    one logged warning, where any step fails."""
     try:
         import jax
         compiler = _compiler()

@@ -23,7 +23,14 @@ Per backend:
   in bfloat16 (the kernel's fast dtype: results match the float32
   reference within bfloat16 rounding). Above `INT4_MAX_TOKENS` rows
   (prefill), the reference path, which measured faster on CPU there.
-- everywhere else (JAX, TensorFlow, other bit widths): the reference path:
+- JAX on CPU, 2, 4 or 8 bits, groups that start on a byte, at most
+  `cpu_kernel.MAX_TOKENS` rows (decode, small batches): the native kernel
+  (`cpu_kernel.cc`, an XLA FFI call compiled on first use): it reads the
+  packed levels directly, `sum_g s * (x . q - z * sum x)` per group, in
+  float32, never building a float copy of the matrix. Where it cannot be
+  built (no compiler), or `KERAS_GPTQ_CPU_KERNEL=0`: the reference path.
+- everywhere else (JAX above `MAX_TOKENS` rows or on GPU, TensorFlow,
+  3-bit, other group sizes): the reference path:
   the packed levels are dequantized inside the call (one elementwise pass
   that XLA fuses: unpack, scale and zero point per column) and multiplied
   in float. On CPU, XLA does not fuse a dequantization into the dot (the
@@ -44,6 +51,7 @@ import numpy as np
 from keras import ops
 
 from keras_gptq.algorithm import grid
+from keras_gptq.storage import cpu_kernel
 from keras_gptq.storage import packing
 from keras_gptq.storage import policy as policy_lib
 
@@ -62,12 +70,15 @@ class KernelState:
         stored_g_idx: numpy `[in]` group of each stored column.
         contiguous: stored groups are `i // group_size`.
         int4: a `TorchInt4` or None.
+        cpu_group: the native JAX CPU kernel applies: its group size
+            (-1 for one group a row); None where it does not.
     """
 
     perm: object
     stored_g_idx: np.ndarray
     contiguous: bool
     int4: object = None
+    cpu_group: object = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,9 +155,27 @@ def prepare(layer, levels, scale, zero, g_idx):
     if contiguous and keras.config.backend() == "torch":
         int4 = _torch_int4(layer.quantized_kernel.value, levels, scale, zero,
                            policy)
+    cpu_group = None
+    if contiguous and keras.config.backend() == "jax":
+        cpu_group = _cpu_group(layer.quantized_kernel.value, policy,
+                               len(g_idx))
     layer._gptq_kernel = KernelState(
         perm=None if perm is None else ops.convert_to_tensor(perm, "int32"),
-        stored_g_idx=g_idx, contiguous=contiguous, int4=int4)
+        stored_g_idx=g_idx, contiguous=contiguous, int4=int4,
+        cpu_group=cpu_group)
+
+
+def _cpu_group(device_array, policy, columns):
+    """The native kernel's group size for a contiguous JAX layer (-1: one
+    group a row), or None where it does not apply (GPU, 3 bits, groups
+    not on a byte, the kernel unavailable)."""
+    if any(d.platform != "cpu" for d in device_array.devices()):
+        return None
+    size = grid.group_columns(policy.group_size, columns)
+    size = -1 if size >= columns else size
+    if not cpu_kernel.applies(policy.weight_bits, size, columns):
+        return None
+    return size if cpu_kernel.available() else None
 
 
 def state(layer):
@@ -178,6 +207,14 @@ def matmul(layer, rows, dequantize):
     if kernel.int4 is not None and _FAST["enabled"] and (
             rows.shape[0] <= INT4_MAX_TOKENS):
         return _torch_int4_matmul(kernel.int4, rows)
+    if kernel.cpu_group is not None and _FAST["enabled"] and (
+            rows.shape[0] is not None
+            and rows.shape[0] <= cpu_kernel.MAX_TOKENS):
+        y = cpu_kernel.matmul(
+            ops.cast(rows, "float32"), layer.quantized_kernel.value,
+            layer.kernel_scale.value, layer.kernel_zero.value,
+            policy_lib.packed_policy(layer).weight_bits, kernel.cpu_group)
+        return ops.cast(y, layer.compute_dtype)
     return ops.matmul(rows, ops.cast(dequantize(), layer.compute_dtype))
 
 

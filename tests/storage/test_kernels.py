@@ -15,6 +15,7 @@ from keras_gptq import storage
 from keras_gptq.algorithm import grid
 from keras_gptq.algorithm import solver
 from keras_gptq.model import layout
+from keras_gptq.storage import cpu_kernel
 from keras_gptq.storage import kernels
 
 BACKEND = keras.config.backend()
@@ -28,6 +29,10 @@ LAYERS = {
     "llama_output": (lambda: keras.layers.EinsumDense(
         "bquh,uhm->bqm", output_shape=(None, 24), bias_axes="m"),
         (2, 3, 4, 16)),
+    # An odd input width (a half-filled last byte at 4 bits).
+    "dense_odd": (lambda: keras.layers.Dense(24), (2, 3, 95)),
+    # SmolLM2's width: 576 = 4.5 groups of 128 (a short last group).
+    "dense_576": (lambda: keras.layers.Dense(20), (1, 3, 576)),
 }
 
 
@@ -76,9 +81,22 @@ def uses_int4(layer):
     return kernels.state(layer).int4 is not None
 
 
+def uses_cpu_kernel(layer):
+    return kernels.state(layer).cpu_group is not None
+
+
+def cpu_kernel_expected(bits):
+    """The JAX CPU kernel must be in use: jax on CPU with a C++ compiler
+    (a build that fails there fails the tests instead of falling back)."""
+    if BACKEND != "jax" or bits == 3 or not cpu_kernel.enabled():
+        return False
+    import jax
+    return jax.default_backend() == "cpu" and cpu_kernel._compiler() is not None
+
+
 CASES = [(name, bits, group_size, act_order)
          for name in LAYERS for bits in (2, 3, 4, 8)
-         for group_size in (32, -1) for act_order in (False, True)]
+         for group_size in (32, 128, -1) for act_order in (False, True)]
 
 
 @pytest.mark.parametrize("name,bits,group_size,act_order", CASES)
@@ -92,6 +110,7 @@ def test_every_path_equals_the_dequantized_reference(name, bits, group_size,
     # (bfloat16 activations: bfloat16 rounding), else the reference.
     rel = 2e-2 if uses_int4(layer) else 1e-5
     assert_close(ops.convert_to_numpy(layer(x)), expected, rel)
+    assert uses_cpu_kernel(layer) is cpu_kernel_expected(bits)
     np.testing.assert_allclose(ops.convert_to_numpy(layer.kernel), kernel,
                                rtol=1e-6, atol=1e-7)
 
@@ -158,7 +177,8 @@ def test_a_decode_loop_reads_the_weight_without_a_float_transpose(act_order):
             return x + ops.sum(y) * 0.0
         return jax.lax.fori_loop(0, 4, body, x)
 
-    hlo = jax.jit(loop).lower(values, others, rows).compile().as_text()
+    with kernels.reference_only():  # the native kernel has no float W
+        hlo = jax.jit(loop).lower(values, others, rows).compile().as_text()
     bodies = re.findall(r"body=(%[\w.\-]+)", hlo)
     assert bodies
     called = set(bodies)
@@ -178,6 +198,67 @@ def test_a_decode_loop_reads_the_weight_without_a_float_transpose(act_order):
     np.testing.assert_allclose(
         ops.convert_to_numpy(layer(rows)), rows @ kernel, rtol=1e-5,
         atol=1e-5)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the JAX CPU kernel")
+class TestJaxCpuKernel:
+
+    def test_the_compiled_call_is_the_kernel(self):
+        import jax
+        if not cpu_kernel_expected(4):
+            pytest.skip("no C++ compiler or not on CPU")
+        layer, _, kernel, x = packed("dense", 4, 32, act_order=True)
+        rows = x.reshape(-1, 96)
+        values = [v.value for v in layer.trainable_variables]
+        others = [v.value for v in layer.non_trainable_variables]
+        def call(v, o, x):
+            return layer.stateless_call(v, o, x)[0]
+
+        hlo = jax.jit(call).lower(values, others, rows).as_text()
+        assert "keras_gptq_matmul4" in hlo
+        with kernels.reference_only():  # traced anew: a fresh function
+            hlo = jax.jit(lambda *a: call(*a)).lower(values, others,
+                                                     rows).as_text()
+        assert "keras_gptq_matmul" not in hlo
+        assert_close(ops.convert_to_numpy(jax.jit(call)(values, others,
+                                                        rows)),
+                     rows @ kernel, 1e-5)
+
+    def test_long_inputs_take_the_reference_path(self):
+        import jax
+        layer, _, kernel, _ = packed("dense", 4, 32, act_order=False)
+        x = np.random.default_rng(1).normal(
+            size=(cpu_kernel.MAX_TOKENS + 1, 96)).astype(np.float32)
+        values = [v.value for v in layer.trainable_variables]
+        others = [v.value for v in layer.non_trainable_variables]
+        call = jax.jit(lambda v, o, x: layer.stateless_call(v, o, x)[0])
+        assert "keras_gptq_matmul" not in call.lower(values, others,
+                                                     x).as_text()
+        assert_close(ops.convert_to_numpy(layer(x)), x @ kernel, 1e-5)
+
+    def test_a_failed_build_falls_back_with_one_warning(self, monkeypatch,
+                                                        tmp_path, caplog):
+        monkeypatch.setenv("KERAS_GPTQ_CACHE", str(tmp_path))
+        monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+        with caplog.at_level("WARNING", logger="keras_gptq"):
+            assert cpu_kernel._load() is None
+        assert len(caplog.records) == 1
+        assert "reference path" in caplog.records[0].getMessage()
+        monkeypatch.setattr(cpu_kernel, "available", lambda: False)
+        layer, _, kernel, x = packed("dense", 4, 32, act_order=True)
+        assert not uses_cpu_kernel(layer)
+        assert_close(ops.convert_to_numpy(layer(x)), x @ kernel, 1e-5)
+
+    def test_a_compile_error_falls_back(self, monkeypatch, tmp_path):
+        monkeypatch.setenv("KERAS_GPTQ_CACHE", str(tmp_path))
+        monkeypatch.setattr(cpu_kernel, "FLAGS", ("-no-such-flag",))
+        assert cpu_kernel._load() is None
+        assert not list(tmp_path.iterdir())  # no partial library left
+
+    def test_the_environment_turns_it_off(self, monkeypatch):
+        monkeypatch.setenv("KERAS_GPTQ_CPU_KERNEL", "0")
+        layer, _, _, _ = packed("dense", 4, 32, act_order=False)
+        assert not uses_cpu_kernel(layer)
 
 
 def model_of(layer, x_shape):
