@@ -9,6 +9,9 @@ One run per backend (`KERAS_BACKEND`), each row in a fresh process:
 - `packed-act-order`: keras_gptq GPTQ 4-bit, group 128, act-order (groups
   in a permuted column order; a small calibration, since only the layout
   matters for speed).
+- `<method>-no-kernel` (e.g. `packed-no-kernel`): the same with the native
+  JAX CPU kernel turned off (`KERAS_GPTQ_CPU_KERNEL=0`: the reference
+  path), to show what the kernel brings.
 
 Measured with greedy `generate` (best of `--repeats`, each shape compiled
 first):
@@ -40,7 +43,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _worker  # noqa: E402  (benchmarks/_worker.py)
 
-METHODS = ("float", "keras-int4", "packed", "packed-act-order")
+METHODS = ("float", "keras-int4", "packed", "packed-no-kernel",
+           "packed-act-order")
+NO_KERNEL = "-no-kernel"
 PROMPT = "The capital of France is"
 FULL = {"prefill_length": 256, "new_tokens": 32}
 
@@ -162,13 +167,17 @@ def interleaved(methods, args):
 
 def worker(method, result_path, args):
     """Runs one method in this process and writes its numbers as JSON."""
+    name = method
+    if method.endswith(NO_KERNEL):
+        os.environ["KERAS_GPTQ_CPU_KERNEL"] = "0"
+        method = method[:-len(NO_KERNEL)]
     import keras
     import keras_gptq  # noqa: F401  (installs the packed-layer seam)
     from keras_gptq.examples import bundled
     keras.utils.set_random_seed(0)
     model = bundled.load_default_model()
     _apply(method, model, args)
-    result = {"method": method, "backend": keras.config.backend(),
+    result = {"method": name, "backend": keras.config.backend(),
               "weights MB": _weights_mb(model), **_measure(model, args)}
     with open(result_path, "w") as f:
         json.dump(result, f)
