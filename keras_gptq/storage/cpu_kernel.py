@@ -15,7 +15,9 @@ fails or the library does not load, `available()` is False, one warning is
 logged, and packed layers keep the reference path.
 
 `KERAS_GPTQ_CPU_KERNEL=0` turns it off; `KERAS_GPTQ_CPU_KERNEL_THREADS`
-sets how many chunks a call is cut into (default: the CPU count).
+sets how many chunks of rows a call is cut into, shared with XLA's
+intra-op pool (default 1: on the loaded 2-core machine of
+`benchmarks/RESULTS.md` two threads decoded 7% slower than one).
 """
 
 import ctypes
@@ -36,7 +38,10 @@ SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC",
          "-std=c++17")
 BITS = (2, 4, 8)
-MAX_TOKENS = 32  # rows per call up to which the kernel runs
+# Rows per call up to which the kernel runs (decode, small batches, short
+# prefills); above, the reference path. Single calls of 20 SmolLM2-shaped
+# matrices broke even near 128 rows (benchmarks/RESULTS.md).
+MAX_TOKENS = 64
 _TARGET = "keras_gptq_matmul{bits}"
 
 logger = logging.getLogger("keras_gptq")
@@ -93,7 +98,7 @@ def matmul(rows, packed, scale, zero, bits, group_size):
 
 def _threads():
     value = os.environ.get("KERAS_GPTQ_CPU_KERNEL_THREADS")
-    return max(1, int(value)) if value else (os.cpu_count() or 1)
+    return max(1, int(value)) if value else 1
 
 
 def cache_dir():
