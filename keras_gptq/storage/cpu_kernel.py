@@ -74,7 +74,7 @@ def available():
 
 
 def matmul(rows, packed, scale, zero, bits, group_size):
-    """`rows @ W.T` by the native kernel (call only when `available()`).
+    """`rows @ W.T` by the native kernel.
 
     Args:
         rows: float32 `[tokens, in]` JAX array, stored column order.
@@ -85,8 +85,13 @@ def matmul(rows, packed, scale, zero, bits, group_size):
 
     Returns:
         float32 `[tokens, out]`.
+
+    Raises:
+        RuntimeError: the kernel is not `available()`.
     """
     import jax
+    if not available():
+        raise RuntimeError("the keras_gptq CPU kernel is not available")
     out = jax.ShapeDtypeStruct((rows.shape[0], packed.shape[0]),
                                np.float32)
     call = jax.ffi.ffi_call(_TARGET.format(bits=bits), out)
