@@ -20,7 +20,6 @@ Usage:
 """
 
 import argparse
-import dataclasses
 import os
 import time
 
@@ -44,8 +43,7 @@ def _packed_model(kernel):
             if kernel and state.cpu_group is None:
                 raise SystemExit("the native kernel is not in use")
             if not kernel:
-                layer._gptq_kernel = dataclasses.replace(state,
-                                                         cpu_group=None)
+                kernels.disable_cpu_kernel(layer)
     return model
 
 

@@ -10,7 +10,7 @@ One run per backend (`KERAS_BACKEND`), each row in a fresh process:
   in a permuted column order; a small calibration, since only the layout
   matters for speed).
 - `<method>-no-kernel` (e.g. `packed-no-kernel`): the same with the native
-  JAX CPU kernel turned off (`KERAS_GPTQ_CPU_KERNEL=0`: the reference
+  JAX CPU kernel turned off (`kernels.disable_cpu_kernel`: the reference
   path), to show what the kernel brings.
 
 Measured with greedy `generate` (best of `--repeats`, each shape compiled
@@ -59,9 +59,16 @@ def _apply(method, model, args):
     """Quantizes `model` in place by `method`."""
     import keras
     import keras_gptq
+    from keras_gptq import storage
     from keras_gptq.examples import bundled
     from keras_gptq.model import baselines
-    if method == "keras-int4":
+    from keras_gptq.storage import kernels
+    if method.endswith(NO_KERNEL):
+        _apply(method[:-len(NO_KERNEL)], model, args)
+        for layer in model._flatten_layers():
+            if storage.is_packed(layer) and hasattr(layer, "g_idx"):
+                kernels.disable_cpu_kernel(layer)
+    elif method == "keras-int4":
         model.quantize("int4", config=keras.quantizers.Int4QuantizationConfig(
             block_size=128), filters=_dense_only)
     elif method == "packed":
@@ -167,17 +174,13 @@ def interleaved(methods, args):
 
 def worker(method, result_path, args):
     """Runs one method in this process and writes its numbers as JSON."""
-    name = method
-    if method.endswith(NO_KERNEL):
-        os.environ["KERAS_GPTQ_CPU_KERNEL"] = "0"
-        method = method[:-len(NO_KERNEL)]
     import keras
     import keras_gptq  # noqa: F401  (installs the packed-layer seam)
     from keras_gptq.examples import bundled
     keras.utils.set_random_seed(0)
     model = bundled.load_default_model()
     _apply(method, model, args)
-    result = {"method": name, "backend": keras.config.backend(),
+    result = {"method": method, "backend": keras.config.backend(),
               "weights MB": _weights_mb(model), **_measure(model, args)}
     with open(result_path, "w") as f:
         json.dump(result, f)

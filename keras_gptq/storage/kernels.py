@@ -114,6 +114,13 @@ def reference_only():
         _FAST["enabled"] = before
 
 
+def disable_cpu_kernel(layer):
+    """Sends a prepared layer to the reference path instead of the native
+    JAX CPU kernel, for good (benchmarks compare the two in one process;
+    `reference_only` covers every fast path, but only while tracing)."""
+    layer._gptq_kernel = dataclasses.replace(state(layer), cpu_group=None)
+
+
 def sorted_columns(g_idx, group_size):
     """The stored column order of a layer whose groups are `g_idx`.
 

@@ -81,3 +81,24 @@ def test_interleaved_times_the_methods_in_alternation(monkeypatch):
     assert float_row["first token s"] == packed_row["first token s"] == 1.0
     assert float_row["decode b1 tok/s"] == 2 / (2.0 - 1.0)
     assert packed_row["decode b1 tok/s"] == 2 / (1.5 - 1.0)
+
+
+def test_no_kernel_rows_apply_the_method_then_turn_the_kernel_off(
+        monkeypatch):
+    import types
+
+    from keras_gptq import storage
+    from keras_gptq.model import baselines
+    from keras_gptq.storage import kernels
+
+    applied, disabled = [], []
+    packed = types.SimpleNamespace(g_idx=None)
+    model = types.SimpleNamespace(_flatten_layers=lambda: [packed, object()])
+    monkeypatch.setattr(baselines, "rtn_packed",
+                        lambda m, bits, group: applied.append((bits, group)))
+    monkeypatch.setattr(storage, "is_packed", lambda layer: layer is packed)
+    monkeypatch.setattr(kernels, "disable_cpu_kernel", disabled.append)
+    inference_speed._apply("packed-no-kernel", model,
+                           inference_speed.parse_args([]))
+    assert applied == [(4, 128)]
+    assert disabled == [packed]

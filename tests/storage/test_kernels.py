@@ -255,6 +255,12 @@ class TestJaxCpuKernel:
         assert cpu_kernel._load() is None
         assert not list(tmp_path.iterdir())  # no partial library left
 
+    def test_disable_cpu_kernel_sends_the_layer_to_the_reference(self):
+        layer, _, kernel, x = packed("dense", 4, 32, act_order=True)
+        kernels.disable_cpu_kernel(layer)
+        assert not uses_cpu_kernel(layer)
+        assert_close(ops.convert_to_numpy(layer(x)), x @ kernel, 1e-5)
+
     def test_the_environment_turns_it_off(self, monkeypatch):
         monkeypatch.setenv("KERAS_GPTQ_CPU_KERNEL", "0")
         layer, _, _, _ = packed("dense", 4, 32, act_order=False)
