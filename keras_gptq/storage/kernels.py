@@ -176,7 +176,11 @@ def _cpu_group(device_array, policy, columns):
     """The native kernel's group size for a contiguous JAX layer (-1: one
     group a row), or None where it does not apply (GPU, 3 bits, groups
     not on a byte, the kernel unavailable)."""
-    if any(d.platform != "cpu" for d in device_array.devices()):
+    import jax
+    devices = getattr(device_array, "devices", None)  # None: a tracer
+    platforms = ({d.platform for d in devices()} if devices else
+                 {jax.default_backend()})
+    if platforms != {"cpu"}:
         return None
     size = grid.group_columns(policy.group_size, columns)
     size = -1 if size >= columns else size
