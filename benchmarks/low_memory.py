@@ -84,17 +84,10 @@ def worker(args):
 
 def same_integers(a, b):
     """True when two presets' weights files hold the same arrays."""
-    import h5py
     import numpy as np
 
-    def arrays(folder):
-        found = {}
-        with h5py.File(os.path.join(folder, "model.weights.h5"), "r") as f:
-            f.visititems(lambda name, obj: found.__setitem__(name, obj[()])
-                         if isinstance(obj, h5py.Dataset) else None)
-        return found
-
-    left, right = arrays(a), arrays(b)
+    from keras_gptq.utils.files import preset_arrays
+    left, right = preset_arrays(a), preset_arrays(b)
     return left.keys() == right.keys() and all(
         np.array_equal(left[k], right[k]) for k in left)
 

@@ -110,12 +110,9 @@ def record_solver(path, combinations=ALL_SETTINGS):
 
 
 def _preset_arrays(folder):
-    import h5py
+    from keras_gptq.utils.files import preset_arrays
 
-    arrays = {}
-    with h5py.File(os.path.join(folder, "model.weights.h5"), "r") as f:
-        f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()])
-                     if isinstance(obj, h5py.Dataset) else None)
+    arrays = preset_arrays(folder)
     with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
         arrays["config.json"] = np.array(json.dumps(json.load(f),
                                                     sort_keys=True))

@@ -77,3 +77,15 @@ def write_folder_atomically(path, write, keep_old_files=False):
         shutil.rmtree(new, ignore_errors=True)
         raise
     return path
+
+
+def preset_arrays(folder):
+    """`{dataset path: numpy array}` of a preset's `model.weights.h5`
+    (benchmarks and tests compare two presets array for array)."""
+    import h5py
+
+    found = {}
+    with h5py.File(os.path.join(folder, "model.weights.h5"), "r") as f:
+        f.visititems(lambda name, obj: found.__setitem__(name, obj[()])
+                     if isinstance(obj, h5py.Dataset) else None)
+    return found

@@ -13,7 +13,7 @@ import pytest
 import keras_gptq.config
 
 from helpers.cli import run_cli
-from helpers.models import preset_arrays
+from keras_gptq.utils.files import preset_arrays
 from helpers.models import save_tiny_preset
 from keras_gptq.cli import common
 from keras_gptq.cli import inspect_preset

@@ -78,15 +78,3 @@ def save_tiny_preset(root, calibration=4000, heldout=1024):
     np.save(root / "ids.npy", markov_tokens(calibration, seed=1))
     np.save(root / "heldout.npy", markov_tokens(heldout, seed=2))
     return root
-
-
-def preset_arrays(folder):
-    """`{dataset path: numpy array}` of a preset's `model.weights.h5`."""
-    import os
-
-    import h5py
-    found = {}
-    with h5py.File(os.path.join(folder, "model.weights.h5"), "r") as f:
-        f.visititems(lambda name, obj: found.__setitem__(name, obj[()])
-                     if isinstance(obj, h5py.Dataset) else None)
-    return found

@@ -16,7 +16,7 @@ import pytest
 import keras_gptq
 from helpers.families import build_family
 from helpers.models import markov_tokens
-from helpers.models import preset_arrays
+from keras_gptq.utils.files import preset_arrays
 from keras_gptq.keras_patches.saving import CorruptPresetError
 from keras_gptq.model import low_memory
 from keras_gptq.model import pipeline
