@@ -1,12 +1,16 @@
 """Peak memory and time: quantizing in memory vs block by block from disk.
 
-The bundled SmolLM2-135M-Instruct (float32) is saved once as a KerasHub
-preset (`<cache>/smollm2-135m-preset`, see `keras_gptq.examples.cache`);
-then each way runs in its own fresh process:
+The model (`--model`: the bundled SmolLM2-135M-Instruct, or
+Qwen2.5-Coder-0.5B/1.5B-Instruct of `keras_gptq.examples.qwen`; float32)
+is saved once as a KerasHub preset (`<cache>/<name>-preset`, see
+`keras_gptq.examples.cache`); its converted Hugging Face folder is cached
+too. Then each way (`--methods`) runs in its own fresh process:
 
 - `in-memory`: `CausalLM.from_preset(preset)`, `keras_gptq.quantize`,
   `save_to_preset`;
-- `low-memory`: `keras_gptq.quantize_preset(preset, out, config)`.
+- `low-memory`: `keras_gptq.quantize_preset(preset, out, config)`;
+- `low-memory-hf`: `keras_gptq.quantize_preset(hf_folder, out, config)`,
+  reading the float Hugging Face folder block by block.
 
 Both use the same config (4-bit, group 128, act-order, `--samples` x
 `--seq-len` windows of the bundled text, the preset's tokenizer). Each row
@@ -16,7 +20,8 @@ parent's) and the wall time of load + quantize + save; the last line says whethe
 integers (every variable of the weights file equal).
 
 Usage: KERAS_BACKEND=jax python benchmarks/low_memory.py [--samples 32]
-       [--seq-len 256]
+       [--seq-len 256] [--model smollm2|qwen2.5-0.5b|qwen2.5-1.5b]
+       [--methods in-memory,low-memory,low-memory-hf]
 """
 
 import argparse
@@ -29,17 +34,31 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _worker  # noqa: E402
 
-METHODS = ("in-memory", "low-memory")
+METHODS = ("in-memory", "low-memory", "low-memory-hf")
+MODELS = {"smollm2": "smollm2-135m", "qwen2.5-0.5b": "qwen2.5-coder-0.5b",
+          "qwen2.5-1.5b": "qwen2.5-coder-1.5b"}
 
 
-def float_preset():
-    """The bundled model saved as a KerasHub preset (built once; the save
-    is all or nothing)."""
+def hf_folder(model):
+    """The model's converted float Hugging Face folder (cached)."""
+    from keras_gptq.examples import bundled
+    from keras_gptq.examples import qwen
+    if model == "smollm2":
+        return bundled.default_model_folder()
+    return qwen.qwen2_5_folder(model.split("-")[1])
+
+
+def float_preset(model):
+    """The model saved as a KerasHub preset (built once; the save is all
+    or nothing)."""
     from keras_gptq.examples import bundled
     from keras_gptq.examples import cache
-    folder = os.path.join(cache.cache_root(), "smollm2-135m-preset")
+    from keras_gptq.examples import qwen
+    folder = os.path.join(cache.cache_root(), MODELS[model] + "-preset")
     if not os.path.isfile(os.path.join(folder, "model.weights.h5")):
-        bundled.load_default_model().save_to_preset(folder)
+        loaded = (bundled.load_default_model() if model == "smollm2"
+                  else qwen.load_qwen2_5(model.split("-")[1]))
+        loaded.save_to_preset(folder)
     return folder
 
 
@@ -72,7 +91,9 @@ def worker(args):
         report = keras_gptq.quantize(model, config, verbose=False)
         model.save_to_preset(out)
     else:
-        report = keras_gptq.quantize_preset(args.preset, out, config,
+        source = (args.preset if args.worker == "low-memory"
+                  else args.hf_folder)
+        report = keras_gptq.quantize_preset(source, out, config,
                                             verbose=False)
     seconds = time.perf_counter() - start
     row = dict(method=args.worker, runtime_mb=runtime,
@@ -97,23 +118,29 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--model", choices=MODELS, default="smollm2")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help="comma-separated subset of " + ",".join(METHODS))
     parser.add_argument("--preset", help=argparse.SUPPRESS)
+    parser.add_argument("--hf-folder", help=argparse.SUPPRESS)
     parser.add_argument("--out-root", help=argparse.SUPPRESS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
-    preset = float_preset()
+    methods = _worker.chosen(args.methods, METHODS, "--methods")
+    preset = float_preset(args.model)
     float_mb = _worker.dir_mb(preset)
-    with tempfile.TemporaryDirectory() as out_root:
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(preset)) as root:
         flags = ["--samples", str(args.samples), "--seq-len",
                  str(args.seq_len), "--preset", preset, "--out-root",
-                 out_root]
-        rows = [_worker.run_worker(__file__, m, flags) for m in METHODS]
-        same = all("error" not in r for r in rows) and same_integers(
-            *(os.path.join(out_root, m) for m in METHODS))
-    print(f"\nSmolLM2-135M float32 preset: {float_mb:.0f} MB; "
+                 root, "--hf-folder", hf_folder(args.model)]
+        rows = [_worker.run_worker(__file__, m, flags) for m in methods]
+        same = all("error" not in r for r in rows) and all(
+            same_integers(os.path.join(root, methods[0]),
+                          os.path.join(root, m)) for m in methods[1:])
+    print(f"\n{args.model} float32 preset: {float_mb:.0f} MB; "
           f"{args.samples} x {args.seq_len} calibration, 4-bit g128 "
           "act-order")
     print(f"| way | RSS after imports (MB) | peak RSS (MB) | above imports "
@@ -127,7 +154,7 @@ def main():
               f"{r['peak_rss_mb']:.0f} | "
               f"{r['peak_rss_mb'] - r['runtime_mb']:.0f} | "
               f"{r['seconds']:.0f} | {r['quantize_seconds']:.0f} |")
-    print(f"same integers in both presets: {same}")
+    print(f"same integers in every preset: {same}")
 
 
 if __name__ == "__main__":

@@ -17,10 +17,10 @@ def add_parser(subparsers, parent):
                         "preset there is replaced only once the new one is "
                         "completely written).")
     p.add_argument("--low-memory", action="store_true",
-                   help="never hold the whole float model: read a KerasHub "
-                        "preset's weights one transformer block at a time "
-                        "(same integers as without the flag; the preset "
-                        "must be a KerasHub preset folder or handle).")
+                   help="never hold the whole float model: read its weights "
+                        "one transformer block at a time from a KerasHub "
+                        "preset or a float Hugging Face folder (same "
+                        "integers as without the flag).")
     common.add_gptq_arguments(p)
     common.add_data_arguments(p, "bundled.calibration_texts()")
     p.set_defaults(command=run)
@@ -42,19 +42,29 @@ def run(args):
     return 0
 
 
+def low_memory_source(preset):
+    """What `--low-memory` reads for `preset`: the converted float Hugging
+    Face folder of the CLI's `default` and `qwen2.5-*` models (built once,
+    cached), else the preset or folder itself."""
+    if preset == common.DEFAULT_MODEL:
+        from keras_gptq.examples import bundled
+        return bundled.default_model_folder()
+    if preset in common.QWEN_MODELS:
+        from keras_gptq.examples import qwen
+        return qwen.qwen2_5_folder(common.QWEN_MODELS[preset])
+    common.check_preset_argument(preset)
+    return preset
+
+
 def _run_low_memory(args):
-    """`--low-memory`: `keras_gptq.quantize_preset` on the preset."""
+    """`--low-memory`: `keras_gptq.quantize_preset` on the preset or
+    Hugging Face folder."""
     import keras_gptq
-    common.check_preset_argument(args.preset)
-    if args.preset in (common.DEFAULT_MODEL, *common.QWEN_MODELS):
-        raise common.CLIError(
-            f"--low-memory reads a KerasHub preset, and {args.preset!r} is "
-            "converted from GGUF in memory: save it once as a preset "
-            "(`save_to_preset`) and pass that folder.")
+    source = low_memory_source(args.preset)
     config = common.config_from_args(
         args, common.load_data(args.dataset, evaluation=False),
-        common.preset_tokenizer(args.preset))
-    report = keras_gptq.quantize_preset(args.preset, args.out, config,
+        common.preset_tokenizer(source))
+    report = keras_gptq.quantize_preset(source, args.out, config,
                                         verbose=not args.quiet)
     _finish(args, report)
     print(f"Saved the quantized preset to {args.out}")

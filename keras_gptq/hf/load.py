@@ -22,7 +22,8 @@ from keras_gptq.hf import parts
 _PARTS = ("qweight", "qzeros", "scales", "g_idx")
 
 
-def _read_json(folder, name):
+def read_json(folder, name):
+    """The JSON file `name` of `folder` as a dict, or None when absent."""
     path = os.path.join(folder, name)
     if not os.path.isfile(path):
         return None
@@ -30,44 +31,107 @@ def _read_json(folder, name):
         return json.load(f)
 
 
-class _Tensors:
-    """Lazy read access to every `*.safetensors` file of a folder."""
+# safetensors dtype names -> numpy dtypes; BF16 is widened to float32.
+_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
+           "BF16": np.uint16, "I64": np.int64, "I32": np.int32,
+           "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
+class Tensors:
+    """Read access to every `*.safetensors` file of a folder, one tensor
+    at a time.
+
+    Each tensor is read with one positioned file read into its own array:
+    nothing is memory-mapped, so a tensor read and dropped leaves no pages
+    of the file counted in the process's memory (a block-by-block run
+    stays small even when it has read the whole checkpoint). bfloat16
+    tensors are returned as float32 (exact).
+
+    Raises:
+        FileNotFoundError: the folder holds no `.safetensors` file.
+        ValueError: a file whose header is not safetensors', or a dtype
+            outside `_DTYPES`.
+    """
 
     def __init__(self, folder):
-        from safetensors import safe_open
-
         paths = sorted(glob.glob(os.path.join(folder, "*.safetensors")))
         if not paths:
             raise FileNotFoundError(f"{folder!r} holds no .safetensors file.")
-        self._files = [safe_open(p, framework="np") for p in paths]
-        self._where = {k: f for f in self._files for k in f.keys()}
+        self._where = {}  # name: (path, dtype, shape, start, stop)
+        for path in paths:
+            with open(path, "rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                try:
+                    header = json.loads(f.read(size))
+                except ValueError as e:
+                    raise ValueError(
+                        f"{path!r} is not a safetensors file: {e}") from e
+            for name, info in header.items():
+                if name == "__metadata__":
+                    continue
+                if info["dtype"] not in _DTYPES:
+                    raise ValueError(
+                        f"{path!r}: tensor {name!r} has dtype "
+                        f"{info['dtype']}, which keras_gptq does not read.")
+                start, stop = info["data_offsets"]
+                self._where[name] = (path, info["dtype"],
+                                     tuple(info["shape"]), 8 + size + start,
+                                     stop - start)
 
     def keys(self):
+        """Every tensor name of the folder."""
         return self._where.keys()
 
     def get(self, name):
-        return self._where[name].get_tensor(name) if (
-            name in self._where) else None
+        """Tensor `name` as a numpy array (read now), or None if absent."""
+        if name not in self._where:
+            return None
+        path, dtype, shape, offset, nbytes = self._where[name]
+        array = np.empty(shape, _DTYPES[dtype])
+        if array.nbytes != nbytes:
+            raise ValueError(f"{path!r}: tensor {name!r} holds {nbytes} "
+                             f"bytes, not a {dtype} array of {shape}.")
+        if nbytes:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                if f.readinto(memoryview(array.reshape(-1)).cast(
+                        "B")) != nbytes:
+                    raise ValueError(f"{path!r} is truncated in {name!r}.")
+        if dtype == "BF16":
+            return (array.astype(np.uint32) << 16).view(np.float32)
+        return array
 
 
-def _load_float(backbone, family, tensors):
-    """Assigns every float tensor of the checkpoint to its Keras variables
-    (`Family.float_variables`, and an untied lm_head)."""
+def float_table(backbone, family):
+    """`{hf tensor name: ([keras variables], heads)}` of every float tensor
+    of the checkpoint (`Family.float_variables`, and an untied lm_head)."""
     table = family.float_variables(backbone)
     head = family.lm_head(backbone)
     if head is not None:
         table["lm_head.weight"] = ([head], 1)
-    for name, (variables, heads) in table.items():
-        value = tensors.get(name)
-        if value is None:
-            raise hf_format.UnsupportedCheckpointError(
-                f"The checkpoint has no tensor {name!r}.")
-        if name == "lm_head.weight":
-            value = value.T
-        values = family.from_hf_tensor(
-            name, value, [tuple(v.shape) for v in variables], heads)
-        for variable, part in zip(variables, values):
-            variable.assign(part.astype(variable.dtype))
+    return table
+
+
+def load_float_tensor(name, variables, heads, family, tensors):
+    """Assigns float tensor `name` of the checkpoint to its Keras
+    `variables` (one entry of `float_table`)."""
+    value = tensors.get(name)
+    if value is None:
+        raise hf_format.UnsupportedCheckpointError(
+            f"The checkpoint has no tensor {name!r}.")
+    if name == "lm_head.weight":
+        value = value.T
+    values = family.from_hf_tensor(
+        name, value, [tuple(v.shape) for v in variables], heads)
+    for variable, part in zip(variables, values):
+        variable.assign(part.astype(variable.dtype))
+
+
+def _load_float(backbone, family, tensors):
+    """Assigns every float tensor of the checkpoint to its Keras
+    variables."""
+    for name, (variables, heads) in float_table(backbone, family).items():
+        load_float_tensor(name, variables, heads, family, tensors)
 
 
 def _row_bounds(name, module, shape):
@@ -82,7 +146,7 @@ def _row_bounds(name, module, shape):
     return list(zip(bounds, bounds[1:]))
 
 
-def _load_float_module(name, module, tensors, transposed):
+def load_float_module(name, module, tensors, transposed):
     """A module stored unquantized: its `weight` (`[in, out]` when
     `transposed`, GPT-2's Conv1D) into the layers' kernels."""
     weight = tensors.get(f"{name}.weight")
@@ -110,7 +174,7 @@ def _write_module(name, module, tensors, settings, writer):
                                       zero[a:b], g_idx))
 
 
-def _named_family(family, backbone, tensors):
+def named_family(family, backbone, tensors):
     """`family` with its linear modules named as the checkpoint names them
     (a naming of `families.MODULE_NAMES`: transformers' or GPTQModel's),
     found from the tensor names.
@@ -146,15 +210,15 @@ def _load_modules(backbone, family, tensors, settings):
         if f"{name}.qweight" in tensors.keys():
             _write_module(name, modules[name], tensors, settings, writer)
         else:
-            _load_float_module(name, modules[name], tensors,
-                               family.transposed_weights)
+            load_float_module(name, modules[name], tensors,
+                              family.transposed_weights)
     writer.write()
     for name, module in family.linear_modules(
             backbone, family.float_modules).items():
-        _load_float_module(name, module, tensors, False)
+        load_float_module(name, module, tensors, False)
 
 
-def _preprocessor(family, folder):
+def preprocessor(family, folder):
     """The CausalLM preprocessor from the folder's tokenizer files, or None
     when the folder has none."""
     cls = getattr(keras_hub.models, family.causal_lm + "Preprocessor")
@@ -209,21 +273,21 @@ def load_hf_gptq(folder, dtype=None):
     ```
     """
     folder = os.fspath(folder)
-    config = _read_json(folder, "config.json")
+    config = read_json(folder, "config.json")
     if config is None:
         raise FileNotFoundError(f"{folder!r} has no config.json.")
-    fallback = _read_json(folder, "quantize_config.json")
+    fallback = read_json(folder, "quantize_config.json")
     bits, group_size, fmt = hf_format.read_quantization_config(config,
                                                                fallback)
     dynamic = (config.get("quantization_config") or fallback).get("dynamic")
     family = families.family_of_config(config)
-    tensors = _Tensors(folder)
+    tensors = Tensors(folder)
     cls = getattr(keras_hub.models, family.causal_lm)
     backbone_cls = cls.backbone_cls
     backbone = backbone_cls(
         **configs.backbone_kwargs(family.model_type, config), dtype=dtype)
-    family = _named_family(family, backbone, tensors)
+    family = named_family(family, backbone, tensors)
     _load_float(backbone, family, tensors)
     _load_modules(backbone, family, tensors,
                   (bits, group_size, fmt, dynamic))
-    return cls(backbone=backbone, preprocessor=_preprocessor(family, folder))
+    return cls(backbone=backbone, preprocessor=preprocessor(family, folder))

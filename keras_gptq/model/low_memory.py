@@ -85,25 +85,30 @@ def quantize_preset(preset, output_dir, config, filters=None, verbose=True):
     ```
     """
     pipeline.check_arguments(config, filters)
-    preset, output_dir = _check_paths(preset, output_dir)
+    preset, output_dir, hf_folder = _check_paths(preset, output_dir)
     if devices.batch_devices(devices.active()) > 1:
         raise ValueError(
             "Low-memory mode (`quantize_preset`, `--low-memory`) does not "
             "support a Keras distribution over several devices; unset it "
             "(`keras.distribution.set_distribution(None)`) or quantize in "
             "memory.")
-    with _weights_store(preset) as store:
-        model = _deferred_model(preset)
+    if hf_folder:
+        # The Hugging Face tensor names of each family live with the HF
+        # interchange code (`keras_gptq.hf`), which builds on the walk.
+        from keras_gptq.hf import blocks as hf_blocks
+        opened = hf_blocks.open_folder(preset, config)
+    else:
+        opened = _open_preset(preset, config)
+    with opened as (model, source):
         pipeline.check_model(model, config)
         # Some tasks' block structure builds a model of the embeddings
         # (GPT-2): in the scope, torch does not track placeholders for it.
-        with _deferring():
+        with deferring():
             plan = structure.plan_walk(model, config, filters)
         if plan is None:
             raise ValueError(
                 "No Dense/EinsumDense layer matched `filters`: there is "
                 "nothing to quantize, so no preset is written.")
-        source = PresetBlocks(model, store, config)
         source.load_outside(plan.blocks)
         report = pipeline.run_walk(model, config, plan, verbose, source)
     model.save_to_preset(output_dir)
@@ -111,7 +116,8 @@ def quantize_preset(preset, output_dir, config, filters=None, verbose=True):
 
 
 def _check_paths(preset, output_dir):
-    """Returns `(preset, output_dir)` as strings, or raises."""
+    """Returns `(preset, output_dir, is_hf_folder)`, the paths as
+    strings, or raises."""
     if not isinstance(preset, (str, os.PathLike)) or not isinstance(
             output_dir, (str, os.PathLike)):
         raise TypeError(
@@ -127,18 +133,28 @@ def _check_paths(preset, output_dir):
         raise ValueError(
             f"{preset!r} is not a KerasHub preset: it has no "
             f"{preset_utils.CONFIG_FILE}.")
-    if "registered_name" not in preset_utils.load_json(preset):
+    config = preset_utils.load_json(preset)
+    if "registered_name" not in config:
+        if "model_type" in config and os.path.isdir(preset):
+            return preset, output_dir, True  # a Hugging Face folder
         raise ValueError(
-            f"{preset!r} is not a KerasHub preset (its "
-            f"{preset_utils.CONFIG_FILE} is not a Keras config; a Hugging "
-            "Face folder?). Low-memory mode reads a KerasHub preset's "
-            "weights file block by block: convert it once with "
-            "`CausalLM.from_preset(folder).save_to_preset(preset)`.")
+            f"{preset!r} is neither a KerasHub preset nor a local Hugging "
+            f"Face folder: its {preset_utils.CONFIG_FILE} has neither "
+            "`registered_name` nor `model_type`.")
     if preset_utils.check_file_exists(preset, preset_utils.TASK_WEIGHTS_FILE):
         raise ValueError(
             f"{preset!r} has task weights ({preset_utils.TASK_WEIGHTS_FILE}),"
             " which low-memory mode does not read. Quantize it in memory.")
-    return preset, output_dir
+    return preset, output_dir, False
+
+
+@contextlib.contextmanager
+def _open_preset(preset, config):
+    """Yields `(model, PresetBlocks)` of a KerasHub preset, its weights
+    file open for lazy reading (closed on exit)."""
+    with _weights_store(preset) as store:
+        model = _deferred_model(preset)
+        yield model, PresetBlocks(model, store, config)
 
 
 @contextlib.contextmanager
@@ -171,7 +187,7 @@ def _weights_store(preset):
 
 
 @contextlib.contextmanager
-def _deferring():
+def deferring():
     """Variables created inside get no value. They are kept out of Keras's
     global list of deferred variables, which the end of any later
     `StatelessScope` would initialize."""
@@ -192,24 +208,24 @@ def _deferred_model(preset):
     the layers from tracking placeholder parameters."""
     import keras_hub
 
-    with _deferring():
+    with deferring():
         model = keras_hub.models.CausalLM.from_preset(
             preset, load_weights=False, compile=False)
     model.compile()
     return model
 
 
-def _is_deferred(variable):
+def is_deferred(variable):
     return variable._value is None
 
 
-def _materialize(variables, weights):
+def materialize(variables, weights):
     """Gives each deferred variable of `variables` a value: zeros for those
     in `weights` (the loader overwrites them), its own initializer for the
     rest (random-seed states), as building it would."""
     weight_ids = {id(w) for w in weights}
     for variable in variables:
-        if _is_deferred(variable):
+        if is_deferred(variable):
             if id(variable) in weight_ids:
                 variable._initializer = keras.initializers.Zeros()
             variable._deferred_initialize()
@@ -222,10 +238,46 @@ class _Packed:
     entries: list
 
 
-class PresetBlocks:
-    """Block source of `quantize_preset` (see `pipeline.run_walk`): each
-    block's float values are read from the preset just before it is
-    solved; once solved it is packed and its float kernels dropped.
+class DiskBlocks:
+    """What the block sources reading from disk share (see
+    `pipeline.run_walk`): a block is packed as soon as it is solved, and
+    at the end every variable must have been read.
+
+    Subclasses implement `load_outside(blocks)` (every value outside the
+    blocks) and `load(block)` (one block's values, before it is solved).
+
+    Args:
+        model: the model built with deferred variables.
+        config: the `GPTQConfig` (the packed bits and group sizes).
+    """
+
+    def __init__(self, model, config):
+        self.backbone = capture.forward_model(model)
+        self.config = config
+
+    def done(self, block, solved):
+        """Packs `block`'s solved layers and banks now (their float kernels
+        are dropped); keeps only their report entries."""
+        for item in solved:
+            item.write(self.config)
+        return [_Packed(item.entries) for item in solved]
+
+    def finish(self, kept, config):
+        """Checks that every variable of the model got its value."""
+        missing = [v.path for v in self.backbone.variables
+                   if is_deferred(v)]
+        if missing:
+            raise RuntimeError(
+                "Low-memory mode left variables without values (not in "
+                f"the weights file, or outside the walked blocks): "
+                f"{missing[:5]}. Quantize this model in memory.")
+
+
+class PresetBlocks(DiskBlocks):
+    """Block source of `quantize_preset` for a KerasHub preset: each
+    block's float values are read from the preset's weights file just
+    before it is solved; once solved it is packed and its float kernels
+    dropped.
 
     Args:
         model: the model built with deferred variables.
@@ -234,9 +286,8 @@ class PresetBlocks:
     """
 
     def __init__(self, model, store, config):
-        self.backbone = capture.forward_model(model)
+        super().__init__(model, config)
         self.store = store
-        self.config = config
         self.loaded = set()
         self.visited = set()  # ids of the objects `_load` skips
 
@@ -251,7 +302,7 @@ class PresetBlocks:
         """Loads every weight outside `blocks` (embeddings, norms, head)."""
         inside = {id(v) for b in blocks for v in b.variables}
         outside = [v for v in self.backbone.variables if id(v) not in inside]
-        _materialize(outside, self.backbone.weights)
+        materialize(outside, self.backbone.weights)
         self.visited = {id(b) for b in blocks}
         self._load()
 
@@ -259,24 +310,7 @@ class PresetBlocks:
         """Reads `block`'s float values from the preset (once)."""
         if id(block) in self.loaded:
             return
-        _materialize(block.variables, block.weights)
+        materialize(block.variables, block.weights)
         self.visited -= {id(self.backbone), id(block)}
         self._load()
         self.loaded.add(id(block))
-
-    def done(self, block, solved):
-        """Packs `block`'s solved layers and banks now (their float kernels
-        are dropped); keeps only their report entries."""
-        for item in solved:
-            item.write(self.config)
-        return [_Packed(item.entries) for item in solved]
-
-    def finish(self, kept, config):
-        """Checks that every variable of the model got its value."""
-        missing = [v.path for v in self.backbone.variables
-                   if _is_deferred(v)]
-        if missing:
-            raise RuntimeError(
-                "Low-memory mode left variables without values (not in "
-                f"the weights file, or outside the walked blocks): "
-                f"{missing[:5]}. Quantize this model in memory.")

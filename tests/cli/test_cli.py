@@ -176,11 +176,18 @@ def test_low_memory_flag_writes_the_same_preset(quantized, workdir):
 
 
 @pytest.mark.one_backend
-def test_low_memory_needs_a_keras_hub_preset(tmp_path, capsys):
-    assert cli.main(["quantize", "default", "--out", str(tmp_path / "o"),
-                     "--low-memory"]) == 1
-    assert "--low-memory reads a KerasHub preset" in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()
+def test_low_memory_reads_the_named_models_hf_folders(tmp_path,
+                                                      monkeypatch):
+    from keras_gptq.cli import quantize as quantize_cli
+    from keras_gptq.examples import bundled
+    from keras_gptq.examples import qwen
+    monkeypatch.setattr(bundled, "default_model_folder", lambda: "/smol")
+    monkeypatch.setattr(qwen, "qwen2_5_folder", lambda size: f"/q{size}")
+    assert quantize_cli.low_memory_source("default") == "/smol"
+    assert quantize_cli.low_memory_source("qwen2.5-1.5b") == "/q1.5b"
+    assert quantize_cli.low_memory_source(str(tmp_path)) == str(tmp_path)
+    with pytest.raises(common.CLIError, match="no such preset folder"):
+        quantize_cli.low_memory_source(str(tmp_path / "absent"))
 
 
 def test_inspect_float_preset_is_an_error(workdir, capsys):

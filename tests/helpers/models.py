@@ -78,3 +78,14 @@ def save_tiny_preset(root, calibration=4000, heldout=1024):
     np.save(root / "ids.npy", markov_tokens(calibration, seed=1))
     np.save(root / "heldout.npy", markov_tokens(heldout, seed=2))
     return root
+
+
+def float_kernels(blocks):
+    """The float kernel variables of `blocks` that hold a value (not
+    deferred, not dropped by packing)."""
+    return [layer._kernel for block in blocks
+            for layer in block._flatten_layers()
+            if isinstance(layer, (keras.layers.Dense,
+                                  keras.layers.EinsumDense))
+            and getattr(layer, "_kernel", None) is not None
+            and layer._kernel._value is not None]

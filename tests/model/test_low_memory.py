@@ -15,6 +15,7 @@ import pytest
 
 import keras_gptq
 from helpers.families import build_family
+from helpers.models import float_kernels
 from helpers.models import markov_tokens
 from keras_gptq.utils.files import preset_arrays
 from keras_gptq.keras_patches.saving import CorruptPresetError
@@ -80,22 +81,12 @@ def test_same_preset_as_in_memory(family, settings, filters, tmp_path):
     assert report.calibration_tokens == in_memory.calibration_tokens
 
 
-def _float_kernels(blocks):
-    """The float kernel variables with a value in `blocks`."""
-    return [layer._kernel for block in blocks
-            for layer in block._flatten_layers()
-            if isinstance(layer, (keras.layers.Dense,
-                                  keras.layers.EinsumDense))
-            and getattr(layer, "_kernel", None) is not None
-            and not low_memory._is_deferred(layer._kernel)]
-
-
 def _placeholder_holders(model):
     """Layers tracking backend parameters (torch) for deferred variables:
     placeholders as large as the variables."""
     return [layer.name for layer in model._flatten_layers()
             if hasattr(layer, "_torch_params") and any(
-                low_memory._is_deferred(v) for v in layer.variables)]
+                low_memory.is_deferred(v) for v in layer.variables)]
 
 
 def test_one_float_block_alive_at_a_time(llama3_preset, tmp_path,
@@ -109,12 +100,12 @@ def test_one_float_block_alive_at_a_time(llama3_preset, tmp_path,
         if id(block) not in self.loaded:
             blocks = self.backbone.transformer_layers
             gc.collect()
-            seen.append(len(_float_kernels(blocks)))
+            seen.append(len(float_kernels(blocks)))
             assert not _placeholder_holders(self.backbone)
             released.append(all(ref() is None for ref in refs))
             load(self, block)
-            refs.extend(weakref.ref(k) for k in _float_kernels([block]))
-            assert len(_float_kernels([block])) == 7
+            refs.extend(weakref.ref(k) for k in float_kernels([block]))
+            assert len(float_kernels([block])) == 7
         return load(self, block)
 
     monkeypatch.setattr(low_memory.PresetBlocks, "load", watched)
@@ -129,11 +120,11 @@ def test_one_float_block_alive_at_a_time(llama3_preset, tmp_path,
 def test_the_model_is_built_without_values(llama3_preset):
     model = low_memory._deferred_model(str(llama3_preset))
     assert model.backbone.variables
-    assert all(low_memory._is_deferred(v) for v in model.backbone.variables)
+    assert all(low_memory.is_deferred(v) for v in model.backbone.variables)
     # Keras's global list would initialize them on a later StatelessScope.
     with keras.StatelessScope():
         pass
-    assert all(low_memory._is_deferred(v) for v in model.backbone.variables)
+    assert all(low_memory.is_deferred(v) for v in model.backbone.variables)
 
 
 def test_a_failed_run_writes_nothing(llama3_preset, tmp_path, monkeypatch):
@@ -167,10 +158,10 @@ def test_sharded_weights(llama3_preset, tmp_path):
     _assert_same_preset(tmp_path / "from_shards", tmp_path / "from_one")
 
 
-def _hf_like(tmp_path):
+def _hf_like(tmp_path, config='{"model_type": "llama"}'):
     folder = tmp_path / "hf"
     folder.mkdir()
-    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "config.json").write_text(config)
     return folder
 
 
@@ -178,7 +169,8 @@ def _hf_like(tmp_path):
     ("config", TypeError, "GPTQConfig"),
     ("same_folder", ValueError, "is the input preset"),
     ("not_a_preset", ValueError, "has no config.json"),
-    ("hugging_face", ValueError, "not a KerasHub preset"),
+    ("hf_without_tensors", FileNotFoundError, "no .safetensors file"),
+    ("unknown_config", ValueError, "neither a KerasHub preset nor"),
     ("no_match", ValueError, "nothing to quantize"),
     ("bad_filter", ValueError, "invalid regex"),
 ])
@@ -191,8 +183,10 @@ def test_bad_arguments(case, error, match, llama3_preset, tmp_path):
         out = llama3_preset
     elif case == "not_a_preset":
         preset = tmp_path
-    elif case == "hugging_face":
+    elif case == "hf_without_tensors":  # tests/hf/test_hf_low_memory.py
         preset = _hf_like(tmp_path)
+    elif case == "unknown_config":
+        preset = _hf_like(tmp_path, '{"name": "x"}')
     elif case == "no_match":
         filters = "no_such_layer"
     elif case == "bad_filter":
