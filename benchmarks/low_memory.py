@@ -21,12 +21,13 @@ integers (every variable of the weights file equal).
 
 Usage: KERAS_BACKEND=jax python benchmarks/low_memory.py [--samples 32]
        [--seq-len 256] [--model smollm2|qwen2.5-0.5b|qwen2.5-1.5b]
-       [--methods in-memory,low-memory,low-memory-hf]
+       [--methods in-memory,low-memory,low-memory-hf] [--keep DIR]
 """
 
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -121,6 +122,8 @@ def main():
     parser.add_argument("--model", choices=MODELS, default="smollm2")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help="comma-separated subset of " + ",".join(METHODS))
+    parser.add_argument("--keep", metavar="DIR",
+                        help="keep the first way's quantized preset in DIR")
     parser.add_argument("--preset", help=argparse.SUPPRESS)
     parser.add_argument("--hf-folder", help=argparse.SUPPRESS)
     parser.add_argument("--out-root", help=argparse.SUPPRESS)
@@ -140,6 +143,8 @@ def main():
         same = all("error" not in r for r in rows) and all(
             same_integers(os.path.join(root, methods[0]),
                           os.path.join(root, m)) for m in methods[1:])
+        if args.keep and os.path.isdir(os.path.join(root, methods[0])):
+            shutil.move(os.path.join(root, methods[0]), args.keep)
     print(f"\n{args.model} float32 preset: {float_mb:.0f} MB; "
           f"{args.samples} x {args.seq_len} calibration, 4-bit g128 "
           "act-order")

@@ -21,7 +21,8 @@ _MSE_MAX_SHRINK = 0.8
 _MSE_THREAD_MIN_ELEMENTS = 1 << 16
 
 
-def _cpu_count():
+def cpu_count():
+    """The cores this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -110,7 +111,7 @@ def _mse_search(w, xmin, xmax, scale, zero, bits, symmetric):
     result, only the wall time (with the exp/log error below: 0.59 s ->
     0.23 s for a 1536 x 576 matrix in groups of 128 on 2 cores).
     """
-    threads = min(_cpu_count(), max(1, w.size // _MSE_THREAD_MIN_ELEMENTS))
+    threads = min(cpu_count(), max(1, w.size // _MSE_THREAD_MIN_ELEMENTS))
     if threads == 1:
         return _mse_rows(w, xmin, xmax, scale, zero, bits, symmetric)
     bounds = np.linspace(0, w.shape[0], threads + 1).astype(int)

@@ -18,6 +18,7 @@ and packed at once (`keras_gptq.model.low_memory`).
 
 import contextlib
 import dataclasses
+import os
 import time
 import warnings
 
@@ -25,6 +26,7 @@ import keras
 import numpy as np
 
 from keras_gptq import storage
+from keras_gptq.algorithm import grid as grid_lib
 from keras_gptq.algorithm import hessian
 from keras_gptq.algorithm import solver
 from keras_gptq.config import GPTQConfig
@@ -38,6 +40,7 @@ from keras_gptq.model import solve
 from keras_gptq.model import structure
 
 solver_settings = solve.solver_settings  # the public name it always had
+from keras_gptq.utils import blas
 from keras_gptq.utils import memory
 from keras_gptq.utils import progress
 from keras_gptq.utils import timing
@@ -274,17 +277,14 @@ def _solve_block(block, targets, inputs, config, bar):
                                                 config.sink_weight)
             if next_float_calls is None:
                 next_float_calls = float_outputs
-            for group in sub:
-                for layer in group:
-                    bar.set_postfix_str(layer.path, refresh=False)
-                    H, dXXT = hessians[group[0]]
-                    kernel, q_kernel, result, entry = _solve_layer(
-                        layer, H, config, dXXT)
-                    swaps.append((layer._kernel, kernel, q_kernel))
-                    with timing.stage("write"):
-                        layer._kernel.assign(q_kernel)
-                    solved.append(SolvedLayer(layer, result, entry))
-                    bar.update()
+            jobs = [(layer, *hessians[group[0]]) for group in sub
+                    for layer in group]
+            for (layer, _, _), (kernel, q_kernel, result, entry) in zip(
+                    jobs, _solve_layers(jobs, config, bar)):
+                swaps.append((layer._kernel, kernel, q_kernel))
+                with timing.stage("write"):
+                    layer._kernel.assign(q_kernel)
+                solved.append(SolvedLayer(layer, result, entry))
             del hessians
         solved += expert_walk.solve_banks(block, banks, inputs.calls, config,
                                           swaps)
@@ -403,13 +403,45 @@ def _float_kernels(swaps):
                 variable.assign(q_kernel)
 
 
-def _solve_layer(layer, H, config, dXXT=None):
-    """Solves one layer; returns `(float kernel, quantized kernel, result,
-    report entry)`."""
-    lay = layout_lib.layer_layout(layer)
-    kernel = keras.ops.convert_to_numpy(
-        keras.ops.cast(layer._kernel, "float32"))
-    W = lay.kernel_to_matrix(kernel)
-    result, Q, entry = solve.solve_matrix(
-        layer.path, W, H, config.for_layer(layer.path), dXXT)
-    return kernel, lay.matrix_to_kernel(Q), result, entry
+def solve_threads(jobs):
+    """Threads that solve a block's layers at once: `KERAS_GPTQ_SOLVE_THREADS`
+    if set, else as many as the process may use cores (at most 4, and no
+    more than `jobs`). Each layer's solve is independent and its BLAS runs
+    on one thread, so the integers do not depend on this number."""
+    value = os.environ.get("KERAS_GPTQ_SOLVE_THREADS")
+    if value is not None:
+        try:
+            threads = int(value)
+        except ValueError:
+            raise ValueError("KERAS_GPTQ_SOLVE_THREADS must be a positive "
+                             f"integer, got {value!r}.") from None
+        if threads < 1:
+            raise ValueError("KERAS_GPTQ_SOLVE_THREADS must be a positive "
+                             f"integer, got {value!r}.")
+    else:
+        threads = min(4, grid_lib.cpu_count())
+    return max(1, min(threads, jobs))
+
+
+def _solve_layers(jobs, config, bar):
+    """Solves `jobs`, `(layer, H, dXXT)` each, on `solve_threads` threads;
+    returns `(float kernel, quantized kernel, result, report entry)`
+    tuples in order. A layer's float kernel is read by the thread that
+    solves it, so at most `solve_threads` float copies are alive."""
+
+    def one(job):
+        layer, H, dXXT = job
+        lay = layout_lib.layer_layout(layer)
+        kernel = keras.ops.convert_to_numpy(
+            keras.ops.cast(layer._kernel, "float32"))
+        result, Q, entry = solve.solve_matrix(
+            layer.path, lay.kernel_to_matrix(kernel), H,
+            config.for_layer(layer.path), dXXT)
+        bar.set_postfix_str(layer.path, refresh=False)
+        bar.update()
+        return kernel, lay.matrix_to_kernel(Q), result, entry
+
+    # One BLAS thread per solve, held here for every thread's whole run
+    # (the solver's own limit nests inside it).
+    with blas.single_threaded():
+        return timing.parallel_map(one, jobs, solve_threads(len(jobs)))

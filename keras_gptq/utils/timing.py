@@ -13,6 +13,7 @@ the wall time. Outside `record()`, `stage` does nothing.
     timer.seconds  # {"forward": 1.2}
 """
 
+import concurrent.futures
 import contextlib
 import contextvars
 import time
@@ -53,6 +54,33 @@ class StageTimer:
                 self._stack[-1][1] = now
 
 
+    @contextlib.contextmanager
+    def shared(self):
+        """Pauses the current stage and yields a dict `{stage: seconds}`
+        for the body to fill with the stage times of work it ran on other
+        threads. On exit the body's wall time is charged to those stages:
+        each gets its seconds, scaled down in proportion when the threads
+        overlapped (together longer than the wall time); the rest of the
+        wall time is charged to no stage (a report counts it as
+        "other"). Stages then still add up to at most the wall time, and
+        no stage gets more than its threads spent in it."""
+        now = time.perf_counter()
+        if self._stack:
+            self._charge(now)
+        weights = {}
+        try:
+            yield weights
+        finally:
+            end = time.perf_counter()
+            total = sum(weights.values())
+            scale = min(1.0, (end - now) / total) if total > 0 else 0.0
+            for name, seconds in weights.items():
+                self.seconds[name] = (self.seconds.get(name, 0.0)
+                                      + seconds * scale)
+            if self._stack:
+                self._stack[-1][1] = end
+
+
 @contextlib.contextmanager
 def record():
     """Makes a new `StageTimer` the active one inside; yields it."""
@@ -69,3 +97,31 @@ def stage(name):
     timer (see `record`); a no-op when none is active."""
     timer = _ACTIVE.get()
     return contextlib.nullcontext() if timer is None else timer.stage(name)
+
+
+def parallel_map(fn, items, workers):
+    """`[fn(item) for item in items]`, run on up to `workers` threads.
+
+    Results come back in `items`' order. The stages `fn` enters on the
+    worker threads are timed there, and the section's wall time is charged
+    to them in proportion (`StageTimer.shared`). With one worker or one
+    item everything runs on the calling thread, as a plain loop.
+    """
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    timer = _ACTIVE.get()
+
+    def timed(item):
+        with record() as own:
+            out = fn(item)
+        return out, own.seconds
+
+    with (timer.shared() if timer is not None
+          else contextlib.nullcontext({})) as weights:
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            pairs = list(pool.map(timed, items))
+        for _, seconds in pairs:
+            for name, value in seconds.items():
+                weights[name] = weights.get(name, 0.0) + value
+    return [out for out, _ in pairs]

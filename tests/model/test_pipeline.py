@@ -284,6 +284,42 @@ def test_not_verbose_prints_nothing(capsys, calibration_tokens):
     assert captured.out == "" and captured.err == ""
 
 
+@pytest.mark.parametrize("options", [
+    dict(activation_order=True, mse=True),
+    dict(activation_order=True, asymmetric_calibration=True)])
+def test_integers_do_not_depend_on_solve_threads(options, calibration_tokens,
+                                                 monkeypatch):
+    """A block's layers are solved on several threads at once; each solve
+    is independent, so one thread and three give the same integers and the
+    same report, in the same order."""
+    runs = []
+    for threads in ("1", "3"):
+        monkeypatch.setenv("KERAS_GPTQ_SOLVE_THREADS", threads)
+        model = build_causal_lm("llama3")
+        report = keras_gptq.quantize(model, _config(calibration_tokens,
+                                                    **options),
+                                     verbose=False)
+        runs.append(([np.array(keras.ops.convert_to_numpy(v))
+                      for v in model.weights],
+                     [(e.name, e.gptq_error, e.rtn_error)
+                      for e in report.layers]))
+    (weights_1, entries_1), (weights_3, entries_3) = runs
+    assert entries_1 == entries_3
+    assert all(np.array_equal(a, b) for a, b in zip(weights_1, weights_3))
+
+
+def test_solve_threads_follow_the_environment(monkeypatch):
+    monkeypatch.setenv("KERAS_GPTQ_SOLVE_THREADS", "3")
+    assert pipeline.solve_threads(7) == 3
+    assert pipeline.solve_threads(2) == 2  # never more than the layers
+    monkeypatch.delenv("KERAS_GPTQ_SOLVE_THREADS")
+    assert 1 <= pipeline.solve_threads(7) <= 4
+    for bad in ("0", "two"):
+        monkeypatch.setenv("KERAS_GPTQ_SOLVE_THREADS", bad)
+        with pytest.raises(ValueError, match="KERAS_GPTQ_SOLVE_THREADS"):
+            pipeline.solve_threads(7)
+
+
 def test_same_seed_gives_identical_integers(calibration_tokens):
     runs = []
     for _ in range(2):
