@@ -18,7 +18,12 @@ on the first `--eval-windows` x 512 tokens of `bundled.evaluation_texts()`
 (disjoint articles). recovered = (RTN - method) / (RTN - float).
 
 Each method runs in its own fresh process (peak RSS is its own: loading +
-quantizing), one after the other. Rows are saved as they finish in
+quantizing), one after the other. With `--low-memory` the GPTQ methods
+quantize the model's converted Hugging Face folder block by block
+(`keras_gptq.quantize_preset`, never holding the float model), save the
+preset under `--preset-dir` (default: a temporary folder) and score it
+reloaded; a preset already there from an earlier run (its
+`keras_gptq_row.json` beside it) is scored again without quantizing. Rows are saved as they finish in
 `<out>.json`; `--reuse <out>.json` skips methods already measured.
 
 Usage (from the repository root, keras_gptq installed or PYTHONPATH=.):
@@ -31,6 +36,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -82,15 +88,52 @@ def _quantize(method, model, args):
     return time.perf_counter() - start, None
 
 
+def _low_memory(method, args, preset_dir):
+    """`quantize_preset` of the model's float HF folder into
+    `preset_dir/method` (reused when already there); returns `(model,
+    load seconds, quantize seconds, per-layer summary)`."""
+    import keras_hub
+
+    import keras_gptq
+    from keras_gptq.cli import quantize as quantize_cli
+    from keras_gptq.examples import bundled
+    out = os.path.join(preset_dir, method)
+    sidecar = os.path.join(out, "keras_gptq_row.json")
+    if not os.path.isfile(sidecar):
+        folder = quantize_cli.low_memory_source(
+            "default" if args.model == "smollm2" else args.model)
+        start = time.perf_counter()
+        report = keras_gptq.quantize_preset(folder, out, keras_gptq.GPTQConfig(
+            dataset=bundled.calibration_texts(),
+            tokenizer=keras_hub.tokenizers.Tokenizer.from_preset(folder),
+            weight_bits=4, group_size=128, num_samples=args.samples,
+            sequence_length=args.seq_len, **METHODS[method][1]),
+            verbose=False)
+        with open(sidecar, "w") as f:
+            json.dump({"quant_s": time.perf_counter() - start,
+                       "layers": [[e.name, e.rtn_error, e.gptq_error,
+                                   e.damping] for e in report.layers]}, f)
+    with open(sidecar) as f:
+        row = json.load(f)
+    start = time.perf_counter()
+    model = keras_hub.models.CausalLM.from_preset(out)
+    return (model, time.perf_counter() - start, row["quant_s"],
+            row["layers"])
+
+
 def worker(method, result_path, args):
     """Runs one method in this process and writes its numbers as JSON."""
     import keras
     import keras_gptq
     from keras_gptq.examples import bundled
-    start = time.perf_counter()
-    model = load(args.model)
-    load_s = time.perf_counter() - start
-    quant_s, layers = _quantize(method, model, args)
+    if args.low_memory and METHODS[method][1] is not None:
+        model, load_s, quant_s, layers = _low_memory(method, args,
+                                                     args.preset_dir)
+    else:
+        start = time.perf_counter()
+        model = load(args.model)
+        load_s = time.perf_counter() - start
+        quant_s, layers = _quantize(method, model, args)
     out = {"method": method, "load_s": load_s, "quant_s": quant_s,
            "peak_rss_mb": _worker.peak_rss_mb(),
            "backend": keras.config.backend(),
@@ -104,8 +147,10 @@ def worker(method, result_path, args):
 
 def _run_worker(method, args):
     """Runs `method` in a fresh process; its row, or `{"error": code}`."""
-    return _worker.run_worker(__file__, method,
-                              ["--model", args.model] + _worker.row_flags(args))
+    low = ["--low-memory", "--preset-dir", args.preset_dir] if (
+        args.low_memory) else []
+    return _worker.run_worker(__file__, method, ["--model", args.model]
+                              + _worker.row_flags(args) + low)
 
 
 def recovered(row, rows):
@@ -160,6 +205,13 @@ def parse_args(argv=None):
     p.add_argument("--out", default=None,
                    help="output path without extension (default: "
                         "benchmarks/real_models_<model>)")
+    p.add_argument("--low-memory", action="store_true",
+                   help="GPTQ rows quantize the HF folder block by block "
+                        "(quantize_preset), then score the saved preset")
+    p.add_argument("--preset-dir", default=None,
+                   help="with --low-memory: where the GPTQ presets are "
+                        "saved, and reused from (default: a temporary "
+                        "folder)")
     _worker.add_row_flags(p, samples=128)
     return p.parse_args(argv)
 
@@ -171,8 +223,10 @@ def main(argv=None):
         return worker(args.worker, args.result, args)
     methods = _worker.chosen(args.methods, METHODS, "--methods")
     args.out = args.out or os.path.join(HERE, "real_models_" + args.model)
-    _worker.run_rows(methods, lambda method: _run_worker(method, args),
-                     render, args)
+    with tempfile.TemporaryDirectory() as tmp:
+        args.preset_dir = args.preset_dir or tmp
+        _worker.run_rows(methods, lambda method: _run_worker(method, args),
+                         render, args)
 
 
 if __name__ == "__main__":
