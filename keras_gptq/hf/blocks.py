@@ -123,8 +123,12 @@ class FolderBlocks(low_memory.DiskBlocks):
 
     def _group(self, blocks):
         """Sorts every read by the block holding its variables (None:
-        outside the blocks)."""
+        outside the blocks; "head": an untied lm_head, which the walk
+        never uses, read at the end)."""
         owner = {id(v): i for i, b in enumerate(blocks) for v in b.variables}
+        head = self.family.lm_head(self.backbone)
+        if head is not None:
+            owner[id(head)] = "head"
         for targets, read in self.reads:
             where = {owner.get(i) for i in targets}
             if len(where) != 1:
@@ -148,14 +152,26 @@ class FolderBlocks(low_memory.DiskBlocks):
                 f"{missing[:5]}. Quantize this model in memory.")
 
     def load_outside(self, blocks):
-        """Reads every tensor outside `blocks` (embeddings, norms, head)."""
+        """Reads every tensor outside `blocks` (embeddings, norms) but an
+        untied lm_head (read by `finish`)."""
         self._group(blocks)
-        inside = {id(v) for b in blocks for v in b.variables}
+        head = self.family.lm_head(self.backbone)
+        later = {id(v) for b in blocks for v in b.variables} | (
+            set() if head is None else {id(head)})
         low_memory.materialize(
-            [v for v in self.backbone.variables if id(v) not in inside],
+            [v for v in self.backbone.variables if id(v) not in later],
             self.backbone.weights)
         self._run(None, [w for w in self.backbone.weights
-                         if id(w) not in inside])
+                         if id(w) not in later])
+
+    def finish(self, kept, config):
+        """Reads the untied lm_head (not needed by the walk: it is held
+        only for the save), then checks every variable got its value."""
+        head = self.family.lm_head(self.backbone)
+        if head is not None:
+            low_memory.materialize([head], [head])
+            self._run("head", [head])
+        super().finish(kept, config)
 
     def load(self, block):
         """Reads `block`'s tensors (once)."""

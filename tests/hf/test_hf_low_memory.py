@@ -108,7 +108,8 @@ def test_blocks_are_read_one_at_a_time(tmp_path, monkeypatch):
     layers = [int(n.split(".")[2]) for n in reads if ".layers." in n]
     assert layers == sorted(layers)  # block 0's tensors, then block 1's
     assert len(reads) == len(set(reads))
-    outside = [n for n in reads if ".layers." not in n]
+    assert reads[-1] == "lm_head.weight"  # for the save only
+    outside = [n for n in reads[:-1] if ".layers." not in n]
     assert reads[:len(outside)] == outside  # embeddings and norm first
 
 
@@ -128,6 +129,28 @@ def test_one_float_block_alive_at_a_time(tmp_path, monkeypatch):
     keras_gptq.quantize_preset(folder, tmp_path / "low", _config(),
                                verbose=False)
     assert seen == [0, 0]  # nothing float in any block before each load
+
+
+def test_the_untied_head_is_read_only_for_the_save(tmp_path, monkeypatch):
+    """An untied lm_head is as large as the embedding; the walk never uses
+    it, so it stays unread until every block is done."""
+    folder = _float_folder("llama3", tmp_path)
+    states = []
+    load = hf_blocks.FolderBlocks.load
+
+    def watched(self, block):
+        states.append(low_memory.is_deferred(
+            self.family.lm_head(self.backbone)))
+        load(self, block)
+
+    monkeypatch.setattr(hf_blocks.FolderBlocks, "load", watched)
+    keras_gptq.quantize_preset(folder, tmp_path / "low", _config(),
+                               verbose=False)
+    assert states and all(states)
+    head = load_file(folder / "model.safetensors")["lm_head.weight"]
+    saved = [v for k, v in preset_arrays(tmp_path / "low").items()
+             if v.shape == head.T.shape]
+    assert any(np.array_equal(v, head.T) for v in saved)
 
 
 def test_tensors_are_read_as_safetensors_writes_them(tmp_path):
