@@ -38,10 +38,14 @@ SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC",
          "-std=c++17")
 BITS = (2, 4, 8)
-# Rows per call up to which the kernel runs (decode, small batches, short
-# prefills); above, the reference path. Single calls of 20 SmolLM2-shaped
-# matrices broke even near 128 rows (benchmarks/RESULTS.md).
+# Rows per call up to which the byte-plane path runs (8 bits, groups not of
+# whole 64-byte chunks, CPUs without AVX-512BW); above, the reference path.
+# Single calls of 20 SmolLM2-shaped matrices broke even near 128 rows
+# (benchmarks/RESULTS.md). The lookup path has no limit.
 MAX_TOKENS = 64
+# Rows per call from which the kernel takes its blocked path (`max_tokens`;
+# `kBlockedFrom` in cpu_kernel.cc).
+BLOCKED_FROM = 16
 _TARGET = "keras_gptq_matmul{bits}"
 
 logger = logging.getLogger("keras_gptq")
@@ -65,6 +69,22 @@ def applies(bits, group_size, columns):
 def group_bytes(bits, group_size, packed_width):
     """Bytes of a packed row that one group covers."""
     return packed_width if group_size == -1 else group_size * bits // 8
+
+
+def max_tokens(bits, group_size, packed_width):
+    """Rows per call up to which the kernel beats the reference path.
+
+    None (no limit) on a CPU with AVX-512BW where groups cover whole 32-bit
+    words (or one group a row): from `BLOCKED_FROM` rows the kernel
+    dequantizes blocks of 32 weight rows into a small float buffer and
+    multiplies them by all rows at once. Elsewhere `MAX_TOKENS`.
+    """
+    library = _library()
+    if library is not None and library.KerasGptqLookup() and (
+            group_size == -1
+            or group_bytes(bits, group_size, packed_width) % 4 == 0):
+        return None
+    return MAX_TOKENS
 
 
 def available():

@@ -23,13 +23,16 @@ Per backend:
   in bfloat16 (the kernel's fast dtype: results match the float32
   reference within bfloat16 rounding). Above `INT4_MAX_TOKENS` rows
   (prefill), the reference path, which measured faster on CPU there.
-- JAX on CPU, 2, 4 or 8 bits, groups that start on a byte, at most
-  `cpu_kernel.MAX_TOKENS` rows (decode, small batches): the native kernel
-  (`cpu_kernel.cc`, an XLA FFI call compiled on first use): it reads the
-  packed levels directly, `sum_g s * (x . q - z * sum x)` per group, in
-  float32, never building a float copy of the matrix. Where it cannot be
-  built (no compiler), or `KERAS_GPTQ_CPU_KERNEL=0`: the reference path.
-- everywhere else (JAX above `MAX_TOKENS` rows or on GPU, TensorFlow,
+- JAX on CPU, 2, 4 or 8 bits, groups that start on a byte: the native
+  kernel (`cpu_kernel.cc`, an XLA FFI call compiled on first use): it
+  reads the packed levels directly (a table lookup per 16 levels at small
+  row counts; from `cpu_kernel.BLOCKED_FROM` rows, blocks of 32 weight
+  rows dequantized into a small float buffer and multiplied by all rows),
+  in float32, never building a float copy of the matrix. Any row count
+  where groups cover whole 32-bit words on an AVX-512 CPU, else at most
+  `cpu_kernel.MAX_TOKENS` rows (`cpu_kernel.max_tokens`). Where it cannot
+  be built (no compiler), or `KERAS_GPTQ_CPU_KERNEL=0`: the reference path.
+- everywhere else (JAX above `max_tokens` rows or on GPU, TensorFlow,
   3-bit, other group sizes): the reference path:
   the packed levels are dequantized inside the call (one elementwise pass
   that XLA fuses: unpack, scale and zero point per column) and multiplied
@@ -218,15 +221,25 @@ def matmul(layer, rows, dequantize):
     if kernel.int4 is not None and _FAST["enabled"] and (
             rows.shape[0] <= INT4_MAX_TOKENS):
         return _torch_int4_matmul(kernel.int4, rows)
-    if kernel.cpu_group is not None and _FAST["enabled"] and (
-            rows.shape[0] is not None
-            and rows.shape[0] <= cpu_kernel.MAX_TOKENS):
+    if kernel.cpu_group is not None and _FAST["enabled"] and _cpu_rows_fit(
+            layer, kernel.cpu_group, rows.shape[0]):
         y = cpu_kernel.matmul(
             ops.cast(rows, "float32"), layer.quantized_kernel.value,
             layer.kernel_scale.value, layer.kernel_zero.value,
             policy_lib.packed_policy(layer).weight_bits, kernel.cpu_group)
         return ops.cast(y, layer.compute_dtype)
     return ops.matmul(rows, ops.cast(dequantize(), layer.compute_dtype))
+
+
+def _cpu_rows_fit(layer, group_size, tokens):
+    """Whether the native JAX CPU kernel takes a call of `tokens` rows
+    (`cpu_kernel.max_tokens`; a symbolic count: no)."""
+    if tokens is None:
+        return False
+    limit = cpu_kernel.max_tokens(
+        policy_lib.packed_policy(layer).weight_bits, group_size,
+        layer.quantized_kernel.shape[1])
+    return limit is None or tokens <= limit
 
 
 def cached_bytes(layer):

@@ -224,9 +224,52 @@ class TestJaxCpuKernel:
                                                         rows)),
                      rows @ kernel, 1e-5)
 
+    @pytest.mark.parametrize("tokens", [1, 2, 3, 5, 15, 16, 17, 65, 130])
+    @pytest.mark.parametrize("bits,group_size,act_order", [
+        (2, 32, False), (2, 128, True), (2, -1, False),
+        (4, 32, True), (4, 128, False), (4, 128, True), (4, -1, False),
+        (8, 32, False), (8, 128, True), (8, -1, False)])
+    def test_every_row_count_equals_the_reference(self, tokens, bits,
+                                                  group_size, act_order):
+        # Row counts on both sides of the kernel's thresholds (the lookup
+        # tiles of 1, 2 and 4 rows, `BLOCKED_FROM`, blocks of 32 weight
+        # rows, `MAX_TOKENS`) on SmolLM2's width (a short last group).
+        if not cpu_kernel_expected(bits):
+            pytest.skip("no C++ compiler or not on CPU")
+        layer, _, kernel, _ = packed("dense_576", bits, group_size,
+                                     act_order)
+        x = np.random.default_rng(tokens).normal(
+            size=(tokens, 576)).astype(np.float32)
+        assert uses_cpu_kernel(layer)
+        assert cpu_kernel.max_tokens(  # every group here is whole words
+            bits, kernels.state(layer).cpu_group,
+            layer.quantized_kernel.shape[1]) is None
+        assert_close(ops.convert_to_numpy(layer(x)), x @ kernel, 1e-5)
+
+    @pytest.mark.parametrize("tokens", [1, 40])
+    def test_two_threads_share_the_rows(self, monkeypatch, tokens):
+        import jax.numpy as jnp
+        if not cpu_kernel_expected(4):
+            pytest.skip("no C++ compiler or not on CPU")
+        monkeypatch.setenv("KERAS_GPTQ_CPU_KERNEL_THREADS", "2")
+        rng = np.random.default_rng(0)
+        levels = rng.integers(0, 16, (520, 576))  # 2 chunks at 32 rows
+        scale = rng.uniform(0.01, 0.1, (520, 5)).astype(np.float32)
+        zero = rng.integers(0, 16, (520, 5)).astype(np.uint8)
+        x = rng.normal(size=(tokens, 576)).astype(np.float32)
+        y = cpu_kernel.matmul(jnp.asarray(x), storage.pack(levels, 4),
+                              scale, zero, 4, 128)
+        weights = solver.dequantize(levels, scale, zero,
+                                    grid.contiguous_g_idx(128, 576))
+        assert_close(np.asarray(y), x @ weights.T, 1e-5)
+
     def test_long_inputs_take_the_reference_path(self):
+        # Groups of 2 bytes (2-bit g8) are not whole 32-bit words: no
+        # blocked path, so calls above `MAX_TOKENS` rows take the reference.
         import jax
-        layer, _, kernel, _ = packed("dense", 4, 32, act_order=False)
+        layer, _, kernel, _ = packed("dense", 2, 8, act_order=False)
+        assert uses_cpu_kernel(layer)
+        assert cpu_kernel.max_tokens(2, 8, 24) == cpu_kernel.MAX_TOKENS
         x = np.random.default_rng(1).normal(
             size=(cpu_kernel.MAX_TOKENS + 1, 96)).astype(np.float32)
         values = [v.value for v in layer.trainable_variables]
