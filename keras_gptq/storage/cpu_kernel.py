@@ -16,8 +16,8 @@ logged, and packed layers keep the reference path.
 
 `KERAS_GPTQ_CPU_KERNEL=0` turns it off; `KERAS_GPTQ_CPU_KERNEL_THREADS`
 sets how many chunks of rows a call is cut into, shared with XLA's
-intra-op pool (default 1: on the loaded 2-core machine of
-`benchmarks/RESULTS.md` two threads decoded 7% slower than one).
+intra-op pool (default: `threads`, one for decode, one a CPU for
+prefill).
 """
 
 import ctypes
@@ -118,12 +118,20 @@ def matmul(rows, packed, scale, zero, bits, group_size):
     return call(rows, packed, scale, zero,
                 group_bytes=np.int64(group_bytes(bits, group_size,
                                                  packed.shape[1])),
-                threads=np.int64(_threads()))
+                threads=np.int64(threads(rows.shape[0])))
 
 
-def _threads():
+def threads(tokens):
+    """Chunks of rows a call of `tokens` rows is cut into (shared with XLA's
+    intra-op pool): `KERAS_GPTQ_CPU_KERNEL_THREADS` if set; else one below
+    `BLOCKED_FROM` rows (decode: two decoded 7% slower than one on the
+    loaded 2-core machine of `benchmarks/RESULTS.md`) and one a CPU from
+    there (prefill is compute-bound, and the float matmul it replaces uses
+    every core)."""
     value = os.environ.get("KERAS_GPTQ_CPU_KERNEL_THREADS")
-    return max(1, int(value)) if value else 1
+    if value:
+        return max(1, int(value))
+    return 1 if tokens < BLOCKED_FROM else os.cpu_count() or 1
 
 
 def cache_dir():

@@ -246,6 +246,14 @@ class TestJaxCpuKernel:
             layer.quantized_kernel.shape[1]) is None
         assert_close(ops.convert_to_numpy(layer(x)), x @ kernel, 1e-5)
 
+    def test_prefill_takes_every_cpu_by_default(self, monkeypatch):
+        import os
+        monkeypatch.delenv("KERAS_GPTQ_CPU_KERNEL_THREADS", raising=False)
+        assert cpu_kernel.threads(cpu_kernel.BLOCKED_FROM - 1) == 1
+        assert cpu_kernel.threads(cpu_kernel.BLOCKED_FROM) == os.cpu_count()
+        monkeypatch.setenv("KERAS_GPTQ_CPU_KERNEL_THREADS", "3")
+        assert cpu_kernel.threads(1) == 3
+
     @pytest.mark.parametrize("tokens", [1, 40])
     def test_two_threads_share_the_rows(self, monkeypatch, tokens):
         import jax.numpy as jnp
