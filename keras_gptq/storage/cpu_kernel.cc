@@ -1,7 +1,8 @@
 // keras_gptq's CPU matmul for packed 2-, 4- and 8-bit levels: an XLA FFI
 // handler, compiled on first use by keras_gptq/storage/cpu_kernel.py.
 //
-// y[B, N] = x[B, K] @ W.T with W[o, i] = (q[o, i] - z[o, g]) * s[o, g],
+// y[B, N] = x[B, K][:, perm] @ W.T with W[o, i] = (q[o, i] - z[o, g]) s[o, g]
+// (perm: an act-order layer's stored column order, or empty: in order),
 // computed without a float copy of W as
 //   y[b, o] = sum_g s[o, g] * (sum_{i in g} x[b, i] q[o, i]
 //                              - z[o, g] * sum_{i in g} x[b, i]).
@@ -153,6 +154,7 @@ constexpr bool kLookup = true;
 
 struct Lookup {
   const float* x;       // [B][K]
+  const int32_t* cols;  // [K]: stored column k is x's column cols[k]
   const float* planes;  // [B][P][stride] (the lookup path)
   const uint8_t* q;
   const float* s;
@@ -278,8 +280,9 @@ void outer_tile(const Lookup& p, const float* wt, int64_t n0, int64_t n1,
   for (int64_t k = 0; k < length; ++k) {
     const __m512 w0 = _mm512_loadu_ps(wt + k * kBlock);
     const __m512 w1 = _mm512_loadu_ps(wt + k * kBlock + 16);
+    const float* xk = x + p.cols[k];
     for (int b = 0; b < BB; ++b) {
-      const __m512 xb = _mm512_set1_ps(x[b * length + k]);
+      const __m512 xb = _mm512_set1_ps(xk[b * length]);
       acc[b][0] = _mm512_fmadd_ps(xb, w0, acc[b][0]);
       acc[b][1] = _mm512_fmadd_ps(xb, w1, acc[b][1]);
     }
@@ -375,9 +378,12 @@ inline bool blocked_applies(int64_t B, int64_t group_bytes, int64_t ng) {
   return kLookup && B >= kBlockedFrom && (ng == 1 || group_bytes % 4 == 0);
 }
 
-// The operands of one call: x [B, K], q [N, W], s and z [N, ng], y [B, N].
+// The operands of one call: x [B, K], q [N, W], s and z [N, ng], y [B, N];
+// perm [K] (or null): the stored column k of W is x's column perm[k]
+// (act-order layers, sorted by group once at load).
 struct Call {
   const float* x;
+  const int32_t* perm;
   const uint8_t* q;
   const float* s;
   const uint8_t* z;
@@ -396,18 +402,20 @@ void compute(Pool& pool, const Call& c, int64_t threads) {
   const int64_t stride =
       ((c.W + word - 1) / word + kLanes - 1) / kLanes * kLanes;
   const int64_t group_columns = c.group_bytes * (8 / BITS);
+  std::vector<int32_t> cols(c.K);
+  for (int64_t k = 0; k < c.K; ++k) cols[k] = c.perm ? c.perm[k] : (int32_t)k;
   std::vector<float> planes(blocked ? 0 : c.B * P * stride, 0.f);
   std::vector<float> xsum(lookup ? 0 : c.B * c.ng, 0.f);
   for (int64_t b = 0; b < c.B && !blocked; ++b)
     for (int64_t n = 0; n < P; ++n)
       for (int64_t i = 0; P * i + n < c.K; ++i)
-        planes[(b * P + n) * stride + i] = c.x[b * c.K + P * i + n];
+        planes[(b * P + n) * stride + i] = c.x[b * c.K + cols[P * i + n]];
   for (int64_t b = 0; b < c.B && !lookup; ++b)
     for (int64_t i = 0; i < c.K; ++i)
       xsum[b * c.ng + std::min(c.ng - 1, i / group_columns)] +=
-          c.x[b * c.K + i];
+          c.x[b * c.K + cols[i]];
 #if defined(__AVX512F__) && defined(__AVX512BW__)
-  const Lookup p{c.x, planes.data(), c.q, c.s, c.z, c.y, c.B, c.K, c.N, c.W,
+  const Lookup p{c.x, cols.data(), planes.data(), c.q, c.s, c.z, c.y, c.B, c.K, c.N, c.W,
                  c.ng, c.ng == 1 ? c.W : c.group_bytes, stride};
   if (blocked) {
     parallel_rows(pool, c.N, threads, kBlock, [&p](int64_t n0, int64_t n1) {
@@ -433,16 +441,21 @@ void compute(Pool& pool, const Call& c, int64_t threads) {
 
 template <int BITS>
 ffi::Error Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                  ffi::Buffer<ffi::U8> q, ffi::Buffer<ffi::F32> s,
-                  ffi::Buffer<ffi::U8> z, ffi::ResultBuffer<ffi::F32> y,
-                  int64_t group_bytes, int64_t threads) {
+                  ffi::Buffer<ffi::S32> perm, ffi::Buffer<ffi::U8> q,
+                  ffi::Buffer<ffi::F32> s, ffi::Buffer<ffi::U8> z,
+                  ffi::ResultBuffer<ffi::F32> y, int64_t group_bytes,
+                  int64_t threads) {
   const auto xd = x.dimensions();
   const auto qd = q.dimensions();
   const auto sd = s.dimensions();
+  const int64_t columns = (int64_t)perm.element_count();
   if (xd.size() != 2 || qd.size() != 2 || sd.size() != 2 ||
-      xd[1] > qd[1] * (8 / BITS) || group_bytes <= 0)
+      xd[1] > qd[1] * (8 / BITS) || group_bytes <= 0 ||
+      (columns != 0 && columns != xd[1]))
     return ffi::Error::InvalidArgument("keras_gptq cpu kernel: bad shapes");
-  compute<BITS>(pool, Call{x.typed_data(), q.typed_data(), s.typed_data(),
+  compute<BITS>(pool, Call{x.typed_data(),
+                           columns ? perm.typed_data() : nullptr,
+                           q.typed_data(), s.typed_data(),
                            z.typed_data(), y->typed_data(), xd[0], xd[1],
                            qd[0], qd[1], sd[1], group_bytes},
                 threads);
@@ -457,6 +470,7 @@ ffi::Error Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
       ffi::Ffi::Bind()                                                      \
           .Ctx<ffi::ThreadPool>()                                           \
           .Arg<ffi::Buffer<ffi::F32>>()                                     \
+          .Arg<ffi::Buffer<ffi::S32>>()                                     \
           .Arg<ffi::Buffer<ffi::U8>>()                                      \
           .Arg<ffi::Buffer<ffi::F32>>()                                     \
           .Arg<ffi::Buffer<ffi::U8>>()                                      \

@@ -93,15 +93,17 @@ def available():
     return enabled() and _library() is not None
 
 
-def matmul(rows, packed, scale, zero, bits, group_size):
-    """`rows @ W.T` by the native kernel.
+def matmul(rows, packed, scale, zero, bits, group_size, perm=None):
+    """`rows[:, perm] @ W.T` by the native kernel.
 
     Args:
-        rows: float32 `[tokens, in]` JAX array, stored column order.
+        rows: float32 `[tokens, in]` JAX array.
         packed: uint8 `[out, packed_width]` levels.
         scale: float32 `[out, groups]`; zero: uint8 `[out, groups]`.
         bits: 2, 4 or 8.
         group_size: columns a group, or -1.
+        perm: int32 `[in]`, the column of `rows` each stored column of `W`
+            takes (act-order layers, sorted by group), or None (in order).
 
     Returns:
         float32 `[tokens, out]`.
@@ -110,12 +112,14 @@ def matmul(rows, packed, scale, zero, bits, group_size):
         RuntimeError: the kernel is not `available()`.
     """
     import jax
+    import jax.numpy as jnp
     if not available():
         raise RuntimeError("the keras_gptq CPU kernel is not available")
     out = jax.ShapeDtypeStruct((rows.shape[0], packed.shape[0]),
                                np.float32)
     call = jax.ffi.ffi_call(_TARGET.format(bits=bits), out)
-    return call(rows, packed, scale, zero,
+    perm = jnp.zeros((0,), jnp.int32) if perm is None else perm
+    return call(rows, perm, packed, scale, zero,
                 group_bytes=np.int64(group_bytes(bits, group_size,
                                                  packed.shape[1])),
                 threads=np.int64(threads(rows.shape[0])))

@@ -28,7 +28,8 @@ Per backend:
   reads the packed levels directly (a table lookup per 16 levels at small
   row counts; from `cpu_kernel.BLOCKED_FROM` rows, blocks of 32 weight
   rows dequantized into a small float buffer and multiplied by all rows),
-  in float32, never building a float copy of the matrix. Any row count
+  in float32, never building a float copy of the matrix, and reading
+  act-order inputs through the permutation (no gather). Any row count
   where groups cover whole 32-bit words on an AVX-512 CPU, else at most
   `cpu_kernel.MAX_TOKENS` rows (`cpu_kernel.max_tokens`). Where it cannot
   be built (no compiler), or `KERAS_GPTQ_CPU_KERNEL=0`: the reference path.
@@ -216,18 +217,19 @@ def matmul(layer, rows, dequantize):
         `[tokens, out]` in the layer's compute dtype.
     """
     kernel = state(layer)
+    if kernel.cpu_group is not None and _FAST["enabled"] and _cpu_rows_fit(
+            layer, kernel.cpu_group, rows.shape[0]):
+        y = cpu_kernel.matmul(  # permutes act-order columns itself
+            ops.cast(rows, "float32"), layer.quantized_kernel.value,
+            layer.kernel_scale.value, layer.kernel_zero.value,
+            policy_lib.packed_policy(layer).weight_bits, kernel.cpu_group,
+            kernel.perm)
+        return ops.cast(y, layer.compute_dtype)
     if kernel.perm is not None:
         rows = ops.take(rows, kernel.perm, axis=1)
     if kernel.int4 is not None and _FAST["enabled"] and (
             rows.shape[0] <= INT4_MAX_TOKENS):
         return _torch_int4_matmul(kernel.int4, rows)
-    if kernel.cpu_group is not None and _FAST["enabled"] and _cpu_rows_fit(
-            layer, kernel.cpu_group, rows.shape[0]):
-        y = cpu_kernel.matmul(
-            ops.cast(rows, "float32"), layer.quantized_kernel.value,
-            layer.kernel_scale.value, layer.kernel_zero.value,
-            policy_lib.packed_policy(layer).weight_bits, kernel.cpu_group)
-        return ops.cast(y, layer.compute_dtype)
     return ops.matmul(rows, ops.cast(dequantize(), layer.compute_dtype))
 
 
