@@ -10,8 +10,9 @@ Two measurements (JAX on CPU only):
   tokens/s (`--new-tokens` more tokens, minus the first-token time).
 - `--rows`: one compiled call of 20 SmolLM2-shaped matrices (576 -> 1536,
   4-bit g128) at several row counts, reference (dequantize, then a float
-  dot) against the kernel: where the kernel stops paying
-  (`cpu_kernel.MAX_TOKENS`).
+  dot) against the kernel (its lookup path below
+  `cpu_kernel.BLOCKED_FROM` rows, its blocked path from there;
+  `KERAS_GPTQ_CPU_KERNEL_THREADS` sets its threads).
 
 Usage:
 
@@ -143,7 +144,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rows", action="store_true",
                         help="the row-count sweep instead of generate")
-    parser.add_argument("--row-counts", default="1,8,32,64,128,256")
+    parser.add_argument("--row-counts", default="1,8,16,64,65,128,256,512")
     args = parser.parse_args(argv)
     args.row_counts = [int(n) for n in args.row_counts.split(",")]
     (compare_rows if args.rows else compare_generate)(args)

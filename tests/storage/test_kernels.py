@@ -224,7 +224,8 @@ class TestJaxCpuKernel:
                                                         rows)),
                      rows @ kernel, 1e-5)
 
-    @pytest.mark.parametrize("tokens", [1, 2, 3, 5, 15, 16, 17, 65, 130])
+    @pytest.mark.parametrize("tokens",
+                             [1, 2, 3, 5, 15, 16, 17, 65, 130, 520])
     @pytest.mark.parametrize("bits,group_size,act_order", [
         (2, 32, False), (2, 128, True), (2, -1, False),
         (4, 32, True), (4, 128, False), (4, 128, True), (4, -1, False),
@@ -233,7 +234,8 @@ class TestJaxCpuKernel:
                                                   group_size, act_order):
         # Row counts on both sides of the kernel's thresholds (the lookup
         # tiles of 1, 2 and 4 rows, `BLOCKED_FROM`, blocks of 32 weight
-        # rows, `MAX_TOKENS`) on SmolLM2's width (a short last group).
+        # rows, `MAX_TOKENS`, panels from 512 rows) on SmolLM2's width (a
+        # short last group).
         if not cpu_kernel_expected(bits):
             pytest.skip("no C++ compiler or not on CPU")
         layer, _, kernel, _ = packed("dense_576", bits, group_size,
