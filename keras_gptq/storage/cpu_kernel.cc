@@ -311,7 +311,7 @@ void panel(const Lookup& p, const float* wt, int64_t size, int64_t blocks,
 // From kPanelFrom batch rows, kPanel blocks (kPanel * kBlock rows, in L2)
 // are dequantized at a time, so each tile of kBatchTile inputs meets all of
 // them before the next tile: long prefills read x kPanel times less often
-// (11% faster at 2048 rows, 13% slower at 65).
+// (faster at 1024 rows and more, slower at 65: benchmarks/RESULTS.md).
 constexpr int kPanel = 4;
 constexpr int64_t kPanelFrom = 512;
 
