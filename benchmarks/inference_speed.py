@@ -20,8 +20,9 @@ first):
 - first token: seconds to add one token to a short prompt;
 - decode at batch B: new tokens/s, from the time to add `--new-tokens`
   more tokens minus the first-token time;
-- weights: MB of the model's variables, plus any copy a fast kernel keeps
-  (`keras_gptq.storage.kernels.cached_bytes`).
+- weights: MB of the model's variables, plus what a fast kernel holds
+  beyond them (`keras_gptq.storage.kernels.cached_bytes`: torch's int4
+  copy, less the packed variable it empties).
 
 Usage (defaults are modest for a 2-core CPU; `--full` gives the issue's
 sizes, prefill 1x256 and 8x256, 32 new tokens; `--interleaved` times every

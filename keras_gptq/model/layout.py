@@ -108,7 +108,7 @@ def rows_to_outputs(layer, inputs, y):
     y = keras.ops.reshape(y, (*batch, *out_dims))
     if not isinstance(layer, keras.layers.EinsumDense):
         return y
-    x_spec, k_spec, out_spec = _parse_equation(layer.equation)
+    x_spec, k_spec, out_spec = parse_equation(layer.equation)
     kept = "".join(c for c in x_spec if c not in
                    {k_spec[a] for a in lay.in_axes})
     source = kept + "".join(k_spec[a] for a in lay.out_axes)
@@ -117,7 +117,13 @@ def rows_to_outputs(layer, inputs, y):
     return keras.ops.einsum(f"{source}->{out_spec}", y)
 
 
-def _parse_equation(equation):
+def parse_equation(equation):
+    """`(input, kernel, output)` subscripts of an einsum equation.
+
+    Raises:
+        UnsupportedLayerError: the equation is not
+            `'<input>,<kernel>-><output>'`.
+    """
     try:
         inputs, output = equation.split("->")
         x_spec, k_spec = inputs.split(",")
@@ -152,7 +158,7 @@ def einsum_layout(equation, kernel_shape):
         UnsupportedLayerError: if a kernel axis is shared by input and
             output (a batched, not a linear, map) or appears in neither.
     """
-    x_spec, k_spec, out_spec = _parse_equation(equation)
+    x_spec, k_spec, out_spec = parse_equation(equation)
     if "." in k_spec or len(k_spec) != len(kernel_shape):
         raise UnsupportedLayerError(
             f"Kernel spec {k_spec!r} of {equation!r} does not match the "

@@ -4,7 +4,8 @@ Keras's own Dense/EinsumDense layers.
 - `packing`: the one bit packer (levels <-> bytes, and the HF int32 words).
 - `policy`: `PackedGPTQPolicy`, the dtype policy that marks a packed layer.
 - `kernels`: the packed-layer matmul, one seam with a fast path per
-  backend (act-order columns sorted once; torch's aten int4 kernels).
+  backend (act-order columns sorted once); `torch_int4`: torch's aten
+  int4 kernels.
 - `packed_layer`: build, call, save, load, dequantize; `write_packed`
   turns a float layer into a packed one and `restore_float` undoes it;
   `make_packed` gives a float layer empty packed storage (to be loaded).

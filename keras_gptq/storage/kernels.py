@@ -17,12 +17,13 @@ unchanged.
 
 Per backend:
 - torch, 4-bit, a group size the aten kernel takes (a multiple of 32,
-  or per-channel), at most `INT4_MAX_TOKENS` rows: the aten int4 kernel
-  (`_weight_int4pack_mm_for_cpu` on CPU, `_weight_int4pack_mm` on CUDA) on
-  a copy of the levels in its own packed format (still 4 bits a weight),
+  or per-channel): the aten int4 kernel (`torch_int4`:
+  `_weight_int4pack_mm_for_cpu` on CPU, `_weight_int4pack_mm` on CUDA),
   in bfloat16 (the kernel's fast dtype: results match the float32
-  reference within bfloat16 rounding). Above `INT4_MAX_TOKENS` rows
-  (prefill), the reference path, which measured faster on CPU there.
+  reference within bfloat16 rounding), at every row count (faster than
+  the reference path up to 520 rows, about even at 2048), on a copy of
+  the levels in its own packed format (4 bits a weight) kept beside the
+  packed variable.
 - JAX on CPU, 2, 4 or 8 bits, groups that start on a byte: the native
   kernel (`cpu_kernel.cc`, an XLA FFI call compiled on first use): it
   reads the packed levels directly (a table lookup per 16 levels at small
@@ -58,9 +59,8 @@ from keras_gptq.algorithm import grid
 from keras_gptq.storage import cpu_kernel
 from keras_gptq.storage import packing
 from keras_gptq.storage import policy as policy_lib
+from keras_gptq.storage import torch_int4
 
-INT4_MAX_TOKENS = 32  # aten int4 kernel up to here; reference path above
-_INT4_GROUPS = (256, 128, 64, 32)  # group sizes the aten kernels take
 _FAST = {"enabled": True}
 
 
@@ -73,7 +73,7 @@ class KernelState:
             layers sorted by group), or None when columns are in order.
         stored_g_idx: numpy `[in]` group of each stored column.
         contiguous: stored groups are `i // group_size`.
-        int4: a `TorchInt4` or None.
+        int4: a `torch_int4.TorchInt4` or None.
         cpu_group: the native JAX CPU kernel applies: its group size
             (-1 for one group a row); None where it does not.
     """
@@ -83,27 +83,6 @@ class KernelState:
     contiguous: bool
     int4: object = None
     cpu_group: object = None
-
-
-@dataclasses.dataclass(frozen=True)
-class TorchInt4:
-    """The levels in the aten int4 kernels' packed format.
-
-    Attributes:
-        weight: the int4-packed levels (torch tensor, 4 bits a weight).
-        scales_and_zeros: bfloat16 `[kernel groups, out, 2]`.
-        group_size: the kernel's group size.
-        columns: the padded input width (a multiple of `group_size`).
-        rows: the output width (the kernel's is padded to 16 rows).
-        cuda: the weight lives on a CUDA device.
-    """
-
-    weight: object
-    scales_and_zeros: object
-    group_size: int
-    columns: int
-    rows: int
-    cuda: bool
 
 
 @contextlib.contextmanager
@@ -164,8 +143,8 @@ def prepare(layer, levels, scale, zero, g_idx):
     contiguous = grid.has_contiguous_groups(g_idx, policy.group_size)
     int4 = None
     if contiguous and keras.config.backend() == "torch":
-        int4 = _torch_int4(layer.quantized_kernel.value, levels, scale, zero,
-                           policy)
+        int4 = torch_int4.build(layer.quantized_kernel.value,
+                                np.asarray(levels), scale, zero, policy)
     cpu_group = None
     if contiguous and keras.config.backend() == "jax":
         cpu_group = _cpu_group(layer.quantized_kernel.value, policy,
@@ -227,9 +206,8 @@ def matmul(layer, rows, dequantize):
         return ops.cast(y, layer.compute_dtype)
     if kernel.perm is not None:
         rows = ops.take(rows, kernel.perm, axis=1)
-    if kernel.int4 is not None and _FAST["enabled"] and (
-            rows.shape[0] <= INT4_MAX_TOKENS):
-        return _torch_int4_matmul(kernel.int4, rows)
+    if kernel.int4 is not None and _FAST["enabled"]:
+        return torch_int4.matmul(kernel.int4, rows)
     return ops.matmul(rows, ops.cast(dequantize(), layer.compute_dtype))
 
 
@@ -244,76 +222,17 @@ def _cpu_rows_fit(layer, group_size, tokens):
     return limit is None or tokens <= limit
 
 
+def eager_matmul(layer, inputs):
+    """The layer's outputs before bias from its torch int4 kernel in raw
+    torch ops (`torch_int4.layer_matmul`), or None: the caller takes
+    `matmul`'s path (other backends and settings, `reference_only`)."""
+    kernel = state(layer)
+    if kernel.int4 is None or not _FAST["enabled"]:
+        return None
+    return torch_int4.layer_matmul(kernel.int4, layer, inputs, kernel.perm)
+
+
 def cached_bytes(layer):
     """Bytes a layer holds beside its variables (the torch int4 copy)."""
     int4 = state(layer).int4
-    if int4 is None:
-        return 0
-    return sum(t.numel() * t.element_size()
-               for t in (int4.weight, int4.scales_and_zeros))
-
-
-def _kernel_group(group_size, columns):
-    """The aten kernel's group size for ours, or None when none fits: the
-    largest that divides our groups (their scales repeat); per-channel
-    rows take the largest that divides the row, else the smallest (the
-    row is padded)."""
-    size = grid.group_columns(group_size, columns)
-    for candidate in _INT4_GROUPS:
-        if size % candidate == 0:
-            return candidate
-    return _INT4_GROUPS[-1] if group_size == -1 else None
-
-
-def _torch_int4(device_tensor, levels, scale, zero, policy):
-    """Builds a `TorchInt4` for 4-bit levels, or None where the aten
-    kernels do not apply (other bits, group sizes, shapes)."""
-    import torch
-
-    rows, columns = levels.shape
-    kernel_group = _kernel_group(policy.group_size, columns)
-    if policy.weight_bits != 4 or kernel_group is None:
-        return None
-    cuda = device_tensor.device.type == "cuda"
-    width = -(-columns // kernel_group) * kernel_group
-    if cuda:
-        width = -(-width // 128) * 128  # innerKTiles=8 needs K % 128 == 0
-    height = -(-rows // 16) * 16  # the CPU kernel packs 16 rows at a time
-    padded = np.full((height, width), 8, np.int32)
-    padded[:rows, :columns] = levels
-    # Ours: (q - z) * s. The kernel's: (q - 8) * s + m, so m = (8 - z) * s.
-    size = grid.group_columns(policy.group_size, columns)
-    ours = np.minimum(np.arange(0, width, kernel_group) // size,
-                      scale.shape[1] - 1)
-    s = np.zeros((height, len(ours)), np.float32)
-    s[:rows] = np.asarray(scale, np.float32)[:, ours]
-    m = np.zeros_like(s)
-    m[:rows] = (8.0 - np.asarray(zero, np.float32)[:, ours]) * s[:rows]
-    pairs = np.stack([s.T, m.T], axis=-1)
-    scales_and_zeros = torch.from_numpy(np.ascontiguousarray(pairs)).to(
-        device=device_tensor.device, dtype=torch.bfloat16)
-    try:
-        if cuda:
-            nibbles = torch.from_numpy(
-                (padded[:, ::2] << 4 | padded[:, 1::2]).astype(np.uint8))
-            weight = torch.ops.aten._convert_weight_to_int4pack(
-                nibbles.to(device_tensor.device), 8)
-        else:
-            weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
-                torch.from_numpy(padded), 1)
-    except RuntimeError:  # a shape this torch build's kernel refuses
-        return None
-    return TorchInt4(weight, scales_and_zeros, kernel_group, width, rows,
-                     cuda)
-
-
-def _torch_int4_matmul(int4, rows):
-    import torch
-
-    x = rows.to(torch.bfloat16)
-    if int4.columns > x.shape[1]:
-        x = torch.nn.functional.pad(x, (0, int4.columns - x.shape[1]))
-    op = (torch.ops.aten._weight_int4pack_mm if int4.cuda else
-          torch.ops.aten._weight_int4pack_mm_for_cpu)
-    y = op(x, int4.weight, int4.group_size, int4.scales_and_zeros)
-    return y[:, :int4.rows].to(rows.dtype)
+    return 0 if int4 is None else torch_int4.nbytes(int4)

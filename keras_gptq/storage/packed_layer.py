@@ -152,11 +152,13 @@ def dequantized_kernel(layer):
 
 def packed_call(layer, inputs):
     """The layer's forward pass: `kernels.matmul` on its input rows."""
-    lay = layer._gptq_layout
-    rows = lay.inputs_to_rows(ops.cast(inputs, layer.compute_dtype))
-    y = kernels.matmul(layer, rows,
-                       lambda: _stored_matrix(layer, transposed=True))
-    y = layout_lib.rows_to_outputs(layer, inputs, y)
+    inputs = ops.cast(inputs, layer.compute_dtype)
+    y = kernels.eager_matmul(layer, inputs)
+    if y is None:
+        rows = layer._gptq_layout.inputs_to_rows(inputs)
+        y = kernels.matmul(layer, rows,
+                           lambda: _stored_matrix(layer, transposed=True))
+        y = layout_lib.rows_to_outputs(layer, inputs, y)
     if layer.bias is not None:
         y = ops.add(y, layer.bias)
     if layer.activation is not None:
