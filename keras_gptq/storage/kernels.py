@@ -20,10 +20,15 @@ Per backend:
   or per-channel): the aten int4 kernel (`torch_int4`:
   `_weight_int4pack_mm_for_cpu` on CPU, `_weight_int4pack_mm` on CUDA),
   in bfloat16 (the kernel's fast dtype: results match the float32
-  reference within bfloat16 rounding), at every row count (faster than
-  the reference path up to 520 rows, about even at 2048), on a copy of
-  the levels in its own packed format (4 bits a weight) kept beside the
-  packed variable.
+  reference within bfloat16 rounding), for calls of at most
+  `torch_int4.MAX_TOKENS` rows (decode, small batches), on a copy of the
+  levels in its own packed format (4 bits a weight) kept beside the
+  packed variable. Longer calls (prefill, perplexity) take the float32
+  reference path, so a model's scores do not change with the backend's
+  kernel (the int4 kernel was faster there too: up to 520 rows, even at
+  2048, `benchmarks/torch_int4_rows.py`; a bfloat16 prefill moved logits
+  by 1e-3 and broke the float32-tolerance checks against transformers
+  and GPTQModel).
 - JAX on CPU, 2, 4 or 8 bits, groups that start on a byte: the native
   kernel (`cpu_kernel.cc`, an XLA FFI call compiled on first use): it
   reads the packed levels directly (a table lookup per 16 levels at small
@@ -206,7 +211,9 @@ def matmul(layer, rows, dequantize):
         return ops.cast(y, layer.compute_dtype)
     if kernel.perm is not None:
         rows = ops.take(rows, kernel.perm, axis=1)
-    if kernel.int4 is not None and _FAST["enabled"]:
+    if kernel.int4 is not None and _FAST["enabled"] and (
+            rows.shape[0] is not None
+            and rows.shape[0] <= torch_int4.MAX_TOKENS):
         return torch_int4.matmul(kernel.int4, rows)
     return ops.matmul(rows, ops.cast(dequantize(), layer.compute_dtype))
 
@@ -225,9 +232,11 @@ def _cpu_rows_fit(layer, group_size, tokens):
 def eager_matmul(layer, inputs):
     """The layer's outputs before bias from its torch int4 kernel in raw
     torch ops (`torch_int4.layer_matmul`), or None: the caller takes
-    `matmul`'s path (other backends and settings, `reference_only`)."""
+    `matmul`'s path (other backends and settings, calls of more than
+    `torch_int4.MAX_TOKENS` rows, `reference_only`)."""
     kernel = state(layer)
-    if kernel.int4 is None or not _FAST["enabled"]:
+    if kernel.int4 is None or not _FAST["enabled"] or (
+            inputs.numel() // kernel.int4.shape[1] > torch_int4.MAX_TOKENS):
         return None
     return torch_int4.layer_matmul(kernel.int4, layer, inputs, kernel.perm)
 

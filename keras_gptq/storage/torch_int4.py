@@ -16,8 +16,8 @@ return freed memory and torch ops on it crash.
 
 Measured on SmolLM2's shapes (`benchmarks/torch_int4_rows.py`), the
 kernel is 2x to 300x faster than the reference path (dequantize, then a
-float32 matmul) from 1 to 520 rows and about even at 2048, so it takes
-every call.
+float32 matmul) from 1 to 520 rows and about even at 2048; it takes calls
+of up to `MAX_TOKENS` rows only, because it computes in bfloat16.
 """
 
 import dataclasses
@@ -27,6 +27,10 @@ import numpy as np
 from keras_gptq.algorithm import grid
 
 GROUPS = (256, 128, 64, 32)  # group sizes the aten kernels take
+# Calls of up to this many rows take the kernel (decode, small batches);
+# longer ones the float32 reference path: the kernel computes in bfloat16,
+# and prefill/perplexity logits must keep float32 tolerance.
+MAX_TOKENS = 32
 
 
 @dataclasses.dataclass(frozen=True)

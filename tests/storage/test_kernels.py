@@ -17,6 +17,7 @@ from keras_gptq.algorithm import solver
 from keras_gptq.model import layout
 from keras_gptq.storage import cpu_kernel
 from keras_gptq.storage import kernels
+from keras_gptq.storage import torch_int4
 
 BACKEND = keras.config.backend()
 
@@ -368,15 +369,19 @@ class TestTorchInt4:
         layer, _, _, _ = packed("dense", bits, group_size, act_order=False)
         assert not uses_int4(layer)
 
-    def test_long_inputs_take_the_int4_kernel_too(self):
+    def test_long_inputs_take_the_float32_path(self):
+        """The kernel computes in bfloat16: decode-sized calls take it,
+        longer calls (prefill, perplexity) keep float32 accuracy."""
         layer, _, kernel, _ = packed("dense", 4, 32, act_order=True)
-        x = np.random.default_rng(1).normal(size=(300, 96)).astype(
-            np.float32)
-        expected = reference(layer, x, kernel)
-        got = ops.convert_to_numpy(layer(x))
-        assert_close(got, expected, 2e-2)
-        assert np.max(np.abs(got - expected)) > 1e-5 * np.max(
-            np.abs(expected))  # bfloat16 rounding: the kernel ran
+        rng = np.random.default_rng(1)
+        for rows, exact in ((torch_int4.MAX_TOKENS, False),
+                            (torch_int4.MAX_TOKENS + 1, True), (300, True)):
+            x = rng.normal(size=(rows, 96)).astype(np.float32)
+            expected = reference(layer, x, kernel)
+            got = ops.convert_to_numpy(layer(x))
+            assert_close(got, expected, 1e-5 if exact else 2e-2)
+            gap = np.max(np.abs(got - expected)) / np.max(np.abs(expected))
+            assert bool(gap < 1e-5) == exact, (rows, gap)  # bf16: the kernel
 
     def test_int4_copy_is_four_bits_a_weight(self):
         layer, _, _, _ = packed("dense", 4, 32, act_order=False)
