@@ -11,7 +11,8 @@ same integers, without ever holding the float model:
   (`model.low_memory.deferring`), as `load_hf_gptq` builds it;
 - each float tensor is read from the safetensors files only when the block
   that holds its variables is about to be solved (tensors outside the
-  blocks, such as embeddings, final norm and an untied lm_head, first),
+  blocks, such as embeddings and final norm, first; an untied lm_head,
+  which only the save needs, last),
   through the same per-family tables as `load_hf_gptq` (`hf.families`):
   one table maps every tensor name to its Keras variables, so nothing
   depends on KerasHub's converters (which assign the whole model at once);
@@ -93,6 +94,7 @@ class FolderBlocks(low_memory.DiskBlocks):
         super().__init__(model, config)
         self.family = family
         self.tensors = tensors
+        self.head = family.lm_head(self.backbone)  # untied, or None
         self.filled = set()  # ids of the variables assigned from the folder
         # (ids of the variables it fills, read): every tensor to read. Ids,
         # not variables: a packed block's float kernels must be freed.
@@ -126,9 +128,8 @@ class FolderBlocks(low_memory.DiskBlocks):
         outside the blocks; "head": an untied lm_head, which the walk
         never uses, read at the end)."""
         owner = {id(v): i for i, b in enumerate(blocks) for v in b.variables}
-        head = self.family.lm_head(self.backbone)
-        if head is not None:
-            owner[id(head)] = "head"
+        if self.head is not None:
+            owner[id(self.head)] = "head"
         for targets, read in self.reads:
             where = {owner.get(i) for i in targets}
             if len(where) != 1:
@@ -155,9 +156,8 @@ class FolderBlocks(low_memory.DiskBlocks):
         """Reads every tensor outside `blocks` (embeddings, norms) but an
         untied lm_head (read by `finish`)."""
         self._group(blocks)
-        head = self.family.lm_head(self.backbone)
         later = {id(v) for b in blocks for v in b.variables} | (
-            set() if head is None else {id(head)})
+            set() if self.head is None else {id(self.head)})
         low_memory.materialize(
             [v for v in self.backbone.variables if id(v) not in later],
             self.backbone.weights)
@@ -167,10 +167,9 @@ class FolderBlocks(low_memory.DiskBlocks):
     def finish(self, kept, config):
         """Reads the untied lm_head (not needed by the walk: it is held
         only for the save), then checks every variable got its value."""
-        head = self.family.lm_head(self.backbone)
-        if head is not None:
-            low_memory.materialize([head], [head])
-            self._run("head", [head])
+        if self.head is not None:
+            low_memory.materialize([self.head], [self.head])
+            self._run("head", [self.head])
         super().finish(kept, config)
 
     def load(self, block):

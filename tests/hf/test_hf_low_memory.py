@@ -139,8 +139,7 @@ def test_the_untied_head_is_read_only_for_the_save(tmp_path, monkeypatch):
     load = hf_blocks.FolderBlocks.load
 
     def watched(self, block):
-        states.append(low_memory.is_deferred(
-            self.family.lm_head(self.backbone)))
+        states.append(low_memory.is_deferred(self.head))
         load(self, block)
 
     monkeypatch.setattr(hf_blocks.FolderBlocks, "load", watched)
