@@ -180,3 +180,12 @@ def time_generate(model, prompt, batch, total, repeats, compile_first=True):
         model.generate(inputs, stop_token_ids=None)
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def hf_folder(model):
+    """The converted float Hugging Face folder (cached) of a benchmark
+    model name (`smollm2`, `qwen2.5-0.5b`, `qwen2.5-1.5b`): what the CLI's
+    `--low-memory` reads for it."""
+    from keras_gptq.cli import quantize as quantize_cli
+    return quantize_cli.low_memory_source(
+        "default" if model == "smollm2" else model)

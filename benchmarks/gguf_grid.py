@@ -15,19 +15,15 @@ Usage:
 """
 
 import argparse
+import os
+import sys
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _worker  # noqa: E402
+
 MODELS = ("smollm2", "qwen2.5-0.5b", "qwen2.5-1.5b")
-
-
-def folder(model):
-    """The model's converted float Hugging Face folder (cached)."""
-    from keras_gptq.examples import bundled
-    from keras_gptq.examples import qwen
-    if model == "smollm2":
-        return bundled.default_model_folder()
-    return qwen.qwen2_5_folder(model.split("-")[1])
 
 
 def distinct_per_run(weight, run=32, limit=2000):
@@ -41,7 +37,7 @@ def distinct_per_run(weight, run=32, limit=2000):
 def grid_table(model, block):
     """Markdown rows: each matrix of `block` and its distinct counts."""
     from keras_gptq.hf.load import Tensors
-    tensors = Tensors(folder(model))
+    tensors = Tensors(_worker.hf_folder(model))
     rows = []
     for name in sorted(tensors.keys()):
         if f".layers.{block}." in name and name.endswith("proj.weight"):

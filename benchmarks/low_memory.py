@@ -40,15 +40,6 @@ MODELS = {"smollm2": "smollm2-135m", "qwen2.5-0.5b": "qwen2.5-coder-0.5b",
           "qwen2.5-1.5b": "qwen2.5-coder-1.5b"}
 
 
-def hf_folder(model):
-    """The model's converted float Hugging Face folder (cached)."""
-    from keras_gptq.examples import bundled
-    from keras_gptq.examples import qwen
-    if model == "smollm2":
-        return bundled.default_model_folder()
-    return qwen.qwen2_5_folder(model.split("-")[1])
-
-
 def float_preset(model):
     """The model saved as a KerasHub preset (built once; the save is all
     or nothing)."""
@@ -138,7 +129,7 @@ def main():
     with tempfile.TemporaryDirectory(dir=os.path.dirname(preset)) as root:
         flags = ["--samples", str(args.samples), "--seq-len",
                  str(args.seq_len), "--preset", preset, "--out-root",
-                 root, "--hf-folder", hf_folder(args.model)]
+                 root, "--hf-folder", _worker.hf_folder(args.model)]
         rows = [_worker.run_worker(__file__, m, flags) for m in methods]
         same = all("error" not in r for r in rows) and all(
             same_integers(os.path.join(root, methods[0]),

@@ -95,13 +95,11 @@ def _low_memory(method, args, preset_dir):
     import keras_hub
 
     import keras_gptq
-    from keras_gptq.cli import quantize as quantize_cli
     from keras_gptq.examples import bundled
     out = os.path.join(preset_dir, method)
     sidecar = os.path.join(out, "keras_gptq_row.json")
     if not os.path.isfile(sidecar):
-        folder = quantize_cli.low_memory_source(
-            "default" if args.model == "smollm2" else args.model)
+        folder = _worker.hf_folder(args.model)
         start = time.perf_counter()
         report = keras_gptq.quantize_preset(folder, out, keras_gptq.GPTQConfig(
             dataset=bundled.calibration_texts(),
