@@ -50,14 +50,15 @@ _RELOAD = (
     "np.save(sys.argv[3], keras.ops.convert_to_numpy(out))\n")
 
 
-def _reload_check(preset, tokens, expected, workdir):
-    np.save(os.path.join(workdir, "t.npy"), tokens)
-    out = os.path.join(workdir, "out.npy")
-    subprocess.run([sys.executable, "-c", _RELOAD, preset,
-                    os.path.join(workdir, "t.npy"), out], check=True,
-                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    return float(np.abs(np.load(out) - expected).max() /
-                 np.abs(expected).max())
+def _reload_check(preset, tokens, expected):
+    with tempfile.TemporaryDirectory(prefix="keras_gptq_demo_") as workdir:
+        np.save(os.path.join(workdir, "t.npy"), tokens)
+        out = os.path.join(workdir, "out.npy")
+        subprocess.run([sys.executable, "-c", _RELOAD, preset,
+                        os.path.join(workdir, "t.npy"), out], check=True,
+                       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        reloaded = np.load(out)
+    return float(np.abs(reloaded - expected).max() / np.abs(expected).max())
 
 
 # The demo's default GPTQ switches (the CLI's are all off).
@@ -136,13 +137,15 @@ def main(argv=None):
     print(f"GPTQ perplexity {results['gptq']:.2f}", flush=True)
     generate("gptq")
     results["generations"] = generations
-    workdir = tempfile.mkdtemp(prefix="keras_gptq_demo_")
-    out = args.out or os.path.join(workdir, "preset")
+    # Without --out the preset is kept in a fresh temporary folder (its
+    # path is printed) for the user to load.
+    out = args.out or os.path.join(
+        tempfile.mkdtemp(prefix="keras_gptq_demo_"), "preset")
     model.save_to_preset(out)
     probe = np.array([tokenizer("The history of the city")[:5]], "int32")
     expected = keras.ops.convert_to_numpy(
         model({"token_ids": probe, "padding_mask": np.ones_like(probe)}))
-    results["reload_error"] = _reload_check(out, probe, expected, workdir)
+    results["reload_error"] = _reload_check(out, probe, expected)
     results["preset_mb"] = _dir_mb(out)
     results["float_mb"] = _dir_mb(bundled.default_model_folder())
     results["peak_rss_mb"] = _peak_rss_mb()

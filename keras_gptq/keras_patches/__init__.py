@@ -20,6 +20,7 @@ everything else reaches the original.
 | 9 | expert banks (`MixtralMoeExperts`, `QwenMoeExperts`, `Qwen3MoeExperts`, `Qwen3_5MoeExperts`, `GptOssExperts`): `build`, `_gptq_call`, `save_own_variables`, `load_own_variables` | keras-hub 0.32.0 | packed storage for `PackedGPTQPolicy` expert banks, which Keras cannot build, call, save or load quantized; Mixtral/QwenMoe/Qwen3Moe MoE blocks (`__init__`) get a fixed name, so saved path-keyed policies find them in any process |
 | 10 | `SmolLM3Attention.build` | keras-hub 0.32.0 | builds `o_proj` outside its name scope: every layer's `o_proj` has the path `"o_proj"`, so a quantized model's dtype-policy map cannot be saved |
 | 11 | `KerasPresetLoader._load_backbone_weights` | keras-hub 0.32.0 | a backbone that does not pass its `dtype` down (SmolLM3) rebuilds its packed layers as float: they get packed storage before the weights load |
+| 12 | `keras.src.saving.saving_lib._walk_saveable`, `.get_attr_skipset` | keras 3.15.1 | the saving walk reads every layer attribute looking for sublayers; a packed layer's `kernel` dequantizes its whole matrix, on every save and load |
 
 The pinned versions are the ones `pyproject.toml` allows
 (`keras>=3.15.1,<3.16`, `keras-hub>=0.32,<0.33`); a new Keras or KerasHub
@@ -102,6 +103,10 @@ PATCHES = (
     Patch((f"{_PRESET_LOADER}._load_backbone_weights",), _HUB,
           "pack layers the saved policy map names, before loading",
           presets.pack_layers_before_loading),
+    Patch(tuple(f"keras.src.saving.saving_lib.{name}" for name in (
+        "_walk_saveable", "get_attr_skipset")), _KERAS,
+          "saves and loads never dequantize a packed kernel",
+          packed_layers.skip_packed_kernels),
 )
 
 _MARKER = "_keras_gptq_patches"  # on keras.Model: survives a reload of us

@@ -12,9 +12,20 @@ the `kernel` property. Each is wrapped once here:
   instead of silently running Keras's GPTQ;
 - every other layer (float, or quantized by Keras's own GPTQ) keeps
   Keras's behaviour.
+
+Keras's saving walk (`saving_lib._walk_saveable`, used by every save and
+load of weights) reads every attribute of every layer to find sublayers,
+`kernel` included: on a packed layer that read dequantizes the whole
+matrix (a float copy per layer, on every save and every load; 2 GB
+transient on Qwen2.5-1.5B). `skip_packed_kernels` makes the walk skip
+`kernel` on packed layers only; it is a computed float view, never a
+sublayer, so the walk finds the same children.
 """
 
+import threading
+
 import keras
+from keras.src.saving import saving_lib
 
 from keras_gptq.config import GPTQConfig
 from keras_gptq.storage import packed_layer
@@ -73,3 +84,42 @@ def install():
     """Wraps the five hooks of Dense and EinsumDense (see the docstring)."""
     for cls in CLASSES:
         _wrap(cls)
+
+
+_WALK = threading.local()  # set while the walk reads a packed layer's skipset
+_END = object()
+
+
+def _walk_without_kernel(walk):
+    def _walk_saveable(saveable):
+        if not (isinstance(saveable, CLASSES) and is_packed(saveable)):
+            yield from walk(saveable)
+            return
+        children = walk(saveable)
+        # The walk asks for its skipset once, before its first child.
+        _WALK.packed = True
+        try:
+            first = next(children, _END)
+        finally:
+            _WALK.packed = False
+        if first is not _END:
+            yield first
+            yield from children
+    return _walk_saveable
+
+
+def _skipset_with_kernel(skipset):
+    def get_attr_skipset(obj_type):
+        skip = skipset(obj_type)
+        if getattr(_WALK, "packed", False):
+            return set(skip) | {"kernel"}  # a copy: Keras may cache `skip`
+        return skip
+    return get_attr_skipset
+
+
+def skip_packed_kernels():
+    """Keras's saving walk skips the dequantizing `kernel` of packed layers."""
+    saving_lib._walk_saveable = _walk_without_kernel(
+        saving_lib._walk_saveable)
+    saving_lib.get_attr_skipset = _skipset_with_kernel(
+        saving_lib.get_attr_skipset)

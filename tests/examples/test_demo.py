@@ -6,6 +6,8 @@ Wikipedia split. The demo quantizes, saves, reloads in a fresh process and
 prints its table and the greedy generations side by side.
 """
 
+import tempfile
+
 import pytest
 
 from keras_gptq.examples import bundled
@@ -29,6 +31,8 @@ def tiny_gguf(tmp_path_factory):
 def tiny_default_model(tiny_gguf, tmp_path, monkeypatch):
     monkeypatch.setattr(bundled, "default_gguf_path", lambda: tiny_gguf)
     monkeypatch.setenv("KERAS_GPTQ_CACHE", str(tmp_path / "cache"))
+    # The demo's temporary folders land here (and are counted below).
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
 
 def test_demo_prints_table_and_reloads_exactly(tiny_default_model, tmp_path,
@@ -38,6 +42,8 @@ def test_demo_prints_table_and_reloads_exactly(tiny_default_model, tmp_path,
     text = capsys.readouterr().out
     assert results["reload_error"] <= 1e-5
     assert (out / "config.json").is_file()
+    # With --out, nothing is left behind in the temporary folder.
+    assert not list(tmp_path.glob("keras_gptq_demo_*"))
     for name in ("float", "rtn", "gptq"):
         assert f"| {name} | {results[name]:.2f} |" in text
     assert "act-order + static groups + mse + asymmetric calibration" in text

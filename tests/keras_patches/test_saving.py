@@ -181,3 +181,31 @@ def test_corrupted_preset_fails_naming_file_and_problem(case, preset,
         keras_hub.models.CausalLM.from_preset(str(target))
     for fragment in fragments:
         assert fragment in str(info.value), (fragment, str(info.value))
+
+
+def test_save_and_load_never_dequantize_a_packed_kernel(
+        tmp_path, monkeypatch, calibration_tokens, heldout_tokens):
+    # Keras's saving walk reads every layer attribute looking for sublayers;
+    # a packed layer's `kernel` property dequantizes the whole matrix. The
+    # walk must skip it on packed layers (and only there: the reload gives
+    # the same logits, so every variable was still found).
+    from keras_gptq.storage import packed_layer
+    model = build_causal_lm("llama3")
+    keras_gptq.quantize(model, keras_gptq.GPTQConfig(
+        dataset=calibration_tokens, num_samples=4, sequence_length=32,
+        weight_bits=4, group_size=16), verbose=False)
+    expected = logits(model, heldout_tokens)
+    reads = []
+    original = packed_layer.dequantized_kernel
+    monkeypatch.setattr(packed_layer, "dequantized_kernel",
+                        lambda layer: reads.append(layer.path)
+                        or original(layer))
+    model.save_to_preset(str(tmp_path / "gptq"))
+    model.save(str(tmp_path / "model.keras"))
+    reloaded = keras_hub.models.CausalLM.from_preset(str(tmp_path / "gptq"))
+    assert reads == []
+    np.testing.assert_array_equal(logits(reloaded, heldout_tokens), expected)
+    # The property itself still dequantizes when a user reads it.
+    query = reloaded.backbone.transformer_layers[0]._self_attention_layer
+    assert query._query_dense.kernel.shape == (64, 4, 16)
+    assert reads == [query._query_dense.path]
