@@ -134,22 +134,35 @@ def prepare(layer, levels, scale, zero, g_idx):
 
     Args:
         layer: a packed Dense/EinsumDense.
-        levels: int `[out, in]` levels in the original column order (numpy).
+        levels: int `[out, in]` levels in the original column order
+            (numpy), or None to unpack them from `layer.quantized_kernel`
+            only where they are needed (sorting, torch's int4 copy): a
+            loaded contiguous layer on JAX or TensorFlow never unpacks.
         scale, zero: numpy `[out, groups]`.
         g_idx: numpy `[in]`, the group of each original column.
     """
     policy = policy_lib.packed_policy(layer)
     g_idx = np.asarray(g_idx)
     perm = sorted_columns(g_idx, policy.group_size)
+
+    def original_levels():
+        if levels is not None:
+            return np.asarray(levels)
+        return packing.unpack(ops.convert_to_numpy(layer.quantized_kernel),
+                              policy.weight_bits, len(g_idx))
+
+    stored = None  # levels in stored column order, once unpacked
     if perm is not None:
-        levels = np.asarray(levels)[:, perm]
+        stored = np.take(original_levels(), perm, axis=1)
         g_idx = g_idx[perm]
-        layer.quantized_kernel.assign(packing.pack(levels, policy.weight_bits))
+        layer.quantized_kernel.assign(packing.pack(stored, policy.weight_bits))
     contiguous = grid.has_contiguous_groups(g_idx, policy.group_size)
     int4 = None
     if contiguous and keras.config.backend() == "torch":
-        int4 = torch_int4.build(layer.quantized_kernel.value,
-                                np.asarray(levels), scale, zero, policy)
+        int4 = torch_int4.build(
+            layer.quantized_kernel.value,
+            original_levels() if stored is None else stored, scale, zero,
+            policy)
     cpu_group = None
     if contiguous and keras.config.backend() == "jax":
         cpu_group = _cpu_group(layer.quantized_kernel.value, policy,

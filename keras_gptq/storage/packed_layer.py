@@ -75,9 +75,8 @@ def stored_levels(layer):
     perm = kernels.state(layer).perm
     if perm is None:
         return levels
-    original = np.empty_like(levels)
-    original[:, ops.convert_to_numpy(perm)] = levels
-    return original
+    inverse = np.argsort(ops.convert_to_numpy(perm))
+    return np.take(levels, inverse, axis=1)
 
 
 def dequantized_matrix(layer):
@@ -197,11 +196,8 @@ def load_packed(layer, store):
         "quantized_kernel", "kernel_scale", "kernel_zero", "g_idx")])
     for name, value in values.items():
         variables[name].assign(value)
-    policy = policy_lib.packed_policy(layer)
-    _prepare(layer, packing.unpack(values["quantized_kernel"],
-                                   policy.weight_bits,
-                                   layer._gptq_layout.columns),
-             values["kernel_scale"], values["kernel_zero"], values["g_idx"])
+    _prepare(layer, None, values["kernel_scale"], values["kernel_zero"],
+             values["g_idx"])
 
 
 def read_checked(layer, store, variables, packed_sets):

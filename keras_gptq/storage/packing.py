@@ -36,16 +36,30 @@ def pack(levels, bits):
     Returns:
         uint8 `[rows, packed_width(columns, bits)]`.
     """
-    levels = np.asarray(levels, dtype=np.uint64)
+    levels = np.asarray(levels)
     rows, columns = levels.shape
     padded = math.ceil(columns / 8) * 8
-    levels = np.pad(levels, ((0, 0), (0, padded - columns)))
-    groups = levels.reshape(rows, padded // 8, 8)
-    shifts = np.arange(8, dtype=np.uint64) * np.uint64(bits)
-    words = np.bitwise_or.reduce(groups << shifts, axis=-1)
-    byte_shifts = np.arange(bits, dtype=np.uint64) * np.uint64(8)
-    out = (words[..., None] >> byte_shifts) & np.uint64(0xFF)
-    return out.reshape(rows, -1).astype(np.uint8)
+    # 2/4/8-bit levels never cross a byte: OR them in bytes. A 3-bit run of
+    # 8 levels is 24 bits: build it in 32-bit words, then split the bytes.
+    # (Narrow integers: 0.23 s -> 0.03 s for a 1536 x 8960 4-bit matrix.)
+    narrow = np.uint8 if 8 % bits == 0 else np.uint32
+    padded_levels = np.zeros((rows, padded), dtype=narrow)
+    padded_levels[:, :columns] = levels
+    if 8 % bits == 0:
+        per_byte = 8 // bits
+        parts = padded_levels.reshape(rows, -1, per_byte)
+        out = parts[..., 0].copy()
+        for i in range(1, per_byte):
+            out |= parts[..., i] << np.uint8(bits * i)
+        return out
+    parts = padded_levels.reshape(rows, -1, 8)
+    words = parts[..., 0].copy()
+    for i in range(1, 8):
+        words |= parts[..., i] << np.uint32(bits * i)
+    out = np.empty((rows, padded // 8, bits), dtype=np.uint8)
+    for b in range(bits):
+        out[..., b] = words >> np.uint32(8 * b)  # the low byte survives
+    return out.reshape(rows, -1)
 
 
 def unpack(packed, bits, columns, xp=np):
