@@ -16,13 +16,12 @@ Rows are counted once per routed token (unweighted, as GPTQModel does);
 routing weight, so `H` weights tokens as the MoE output does. Measured in
 `benchmarks/moe_weighting.py` (see `benchmarks/RESULTS.md`), weighting was
 not better, so it is off. A matrix whose expert gets fewer tokens
-than `experts.min_tokens(inputs)` (1.25 per input) is rounded to nearest, with
-a warning and a report note. Float values go into the block's `swaps` so the
+than `GPTQConfig.min_tokens_per_input` (1.25) per input is rounded to
+nearest, with a warning and a report note (`solve.starved_note`). Float values go into the block's `swaps` so the
 pipeline puts them back.
 """
 
 import dataclasses
-import warnings
 
 import keras
 import numpy as np
@@ -111,17 +110,9 @@ def _solve_matrix(moe, matrix, hessians, counts, config, swaps):
     for e in range(moe.num_experts):
         W = matrix.expert_matrix(kernel, e)
         name = f"{moe.bank.path}/{matrix.name.lstrip('_')}/expert_{e}"
-        need = experts.min_tokens(W.shape[1])
-        note = None
-        if counts[e] < need:
-            note = f"rtn: {counts[e]} tokens < {need}"
-            warnings.warn(
-                f"Expert {e} of {moe.bank.path!r} received {counts[e]} "
-                f"calibration tokens, fewer than the {need} its "
-                f"{matrix.name.lstrip('_')!r} ({W.shape[1]} inputs) needs "
-                "for GPTQ: it is rounded to nearest instead. More "
-                "calibration windows (`num_samples`) route more tokens to "
-                "every expert.", stacklevel=5)
+        note = solve.starved_note(
+            f"{moe.bank.path}/{matrix.name.lstrip('_')} expert {e}",
+            counts[e], W.shape[1], config, what="expert")
         result, Q, entry = solve.solve_matrix(
             name, W, hessians[e], config.for_layer(moe.bank.path),
             rtn_note=note)

@@ -23,13 +23,13 @@ Router gates (and the shared-expert gate) stay float unless
 Hessians are unweighted (each routed token counts once, as in GPTQModel);
 weighting rows by the routing probability is available to the benchmark
 (`benchmarks/moe_weighting.py`). A matrix whose expert receives fewer
-calibration tokens than 1.25 per input feature is rounded to nearest with
-a warning and a report note (`min_tokens`).
+calibration tokens than `GPTQConfig.min_tokens_per_input` (1.25) per input
+feature is rounded to nearest with a warning and a report note, like any
+layer (`solve.starved_note`).
 """
 
 import dataclasses
 import functools
-import math
 
 import keras
 import numpy as np
@@ -39,13 +39,6 @@ from keras_hub.src.models.mixtral import mixtral_decoder as mixtral
 from keras_hub.src.models.qwen3_5_moe import qwen3_5_moe_decoder as qwen3_5
 from keras_hub.src.models.qwen3_moe import qwen3_moe_decoder as qwen3_moe
 from keras_hub.src.models.qwen_moe import qwen_moe_decoder as qwen_moe
-
-# With fewer routed tokens than input features an expert's Hessian is
-# singular and GPTQ fits those few directions: on held-out inputs it is
-# worse than RTN. `benchmarks/expert_tokens.py` (256 inputs): GPTQ/RTN
-# held-out error 1.2-1.8 below 1 token per input, 1.06 at 1, 0.89 at 1.25,
-# 0.74 at 2. So GPTQ needs 1.25 tokens per input; fewer means RTN.
-MIN_TOKENS_PER_INPUT = 1.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,9 +278,3 @@ def _apply(x, kernels, matrix):
     if matrix.bias is not None:
         y = y + kernels[matrix.bias][:, None, :]
     return y
-
-
-def min_tokens(columns):
-    """Routed tokens below which an expert matrix with `columns` inputs
-    falls back to round-to-nearest."""
-    return math.ceil(MIN_TOKENS_PER_INPUT * columns)

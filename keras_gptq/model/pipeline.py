@@ -279,7 +279,7 @@ def _solve_block(block, targets, inputs, config, bar):
                 next_float_calls = float_outputs
             jobs = [(layer, *hessians[group[0]]) for group in sub
                     for layer in group]
-            for (layer, _, _), (kernel, q_kernel, result, entry) in zip(
+            for (layer, *_), (kernel, q_kernel, result, entry) in zip(
                     jobs, _solve_layers(jobs, config, bar)):
                 swaps.append((layer._kernel, kernel, q_kernel))
                 with timing.stage("write"):
@@ -335,7 +335,8 @@ def _hessians(block, groups, calls, float_path=None, sink_weight=1.0):
     Each window's first position (the attention sink) weighs `sink_weight`
     in the Hessians, every other position 1.
 
-    Returns `({first layer of group: (H, dXXT)}, float_outputs)`; `dXXT`
+    Returns `({first layer of group: (H, dXXT, tokens)}, float_outputs)`;
+    `tokens` counts the rows H saw; `dXXT`
     and `float_outputs` are None unless `float_path` is given:
     `(float_calls, swaps)`, the block's inputs in the float model and
     `(variable, float value, quantized value)` for the block's already-solved
@@ -384,7 +385,8 @@ def _hessians(block, groups, calls, float_path=None, sink_weight=1.0):
             capture.run_block(block, [call])
     with timing.stage("hessian"):
         hessians = {g[0]: (owners[g[0]].result(),
-                           owners[g[0]].cross_result()) for g in groups}
+                           owners[g[0]].cross_result(),
+                           owners[g[0]].tokens) for g in groups}
     return hessians, float_outputs
 
 
@@ -424,19 +426,24 @@ def solve_threads(jobs):
 
 
 def _solve_layers(jobs, config, bar):
-    """Solves `jobs`, `(layer, H, dXXT)` each, on `solve_threads` threads;
+    """Solves `jobs`, `(layer, H, dXXT, tokens)` each, on `solve_threads`
+    threads (a layer whose H saw too few tokens is rounded to nearest:
+    `solve.starved_note`);
     returns `(float kernel, quantized kernel, result, report entry)`
     tuples in order. A layer's float kernel is read by the thread that
     solves it, so at most `solve_threads` float copies are alive."""
 
     def one(job):
-        layer, H, dXXT = job
+        layer, H, dXXT, tokens = job
         lay = layout_lib.layer_layout(layer)
+        settings = config.for_layer(layer.path)
+        note = solve.starved_note(layer.path, tokens, lay.columns, settings,
+                                  stacklevel=2)
         kernel = keras.ops.convert_to_numpy(
             keras.ops.cast(layer._kernel, "float32"))
         result, Q, entry = solve.solve_matrix(
-            layer.path, lay.kernel_to_matrix(kernel), H,
-            config.for_layer(layer.path), dXXT)
+            layer.path, lay.kernel_to_matrix(kernel), H, settings, dXXT,
+            rtn_note=note)
         bar.set_postfix_str(layer.path, refresh=False)
         bar.update()
         return kernel, lay.matrix_to_kernel(Q), result, entry

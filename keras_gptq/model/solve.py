@@ -1,11 +1,12 @@
-"""One named matrix, solved: checks, GPTQ (or RTN for a starved expert),
-the damping warning and the report entry.
+"""One named matrix, solved: checks, GPTQ (or RTN for a matrix that saw too
+few calibration tokens), the damping warning and the report entry.
 
 The walker (`pipeline` for Dense/EinsumDense layers, `expert_walk` for
 expert banks) hands over `W[out, in]` and its Hessian; the math itself is
 `keras_gptq.algorithm.solver.solve_gptq`.
 """
 
+import math
 import time
 import warnings
 
@@ -46,6 +47,38 @@ def check_matrix(name, W, H, config):
             f"{columns} input features of layer {name!r}. Use "
             f"group_size<={columns}, -1, or `filters` to skip the layer."
         )
+
+
+def min_tokens(columns, per_input):
+    """Calibration tokens below which a matrix with `columns` inputs is
+    rounded to nearest (`GPTQConfig.min_tokens_per_input` per input)."""
+    return math.ceil(per_input * columns)
+
+
+def starved_note(name, tokens, columns, config, what="layer", stacklevel=5):
+    """None when `tokens` are enough for GPTQ on `columns` inputs; else
+    warns (naming `name` and the fix) and returns the report note.
+
+    With fewer tokens than inputs the Hessian is singular and GPTQ fits
+    the calibration tokens at the expense of new text (`benchmarks/
+    expert_tokens.py`: GPTQ's held-out error is 1.2-1.8x RTN's below one
+    token per input, 1.06x at 1, 0.89x at 1.25, 0.74x at 2), so such a
+    matrix is rounded to nearest instead.
+    """
+    need = min_tokens(columns, config.min_tokens_per_input)
+    if tokens >= need:
+        return None
+    fix = ("More calibration windows (`num_samples`) route more tokens to "
+           "every expert." if what == "expert" else
+           f"Use at least {need} calibration tokens (`num_samples` x "
+           "`sequence_length`).")
+    warnings.warn(
+        f"{what.capitalize()} {name!r} received {tokens} calibration "
+        f"tokens, fewer than the {need} its {columns} inputs need for GPTQ "
+        f"({config.min_tokens_per_input:g} per input): it is rounded to "
+        f"nearest instead. {fix} `min_tokens_per_input=0` solves it with "
+        "GPTQ anyway.", stacklevel=stacklevel)
+    return f"rtn: {tokens} tokens < {need}"
 
 
 def solve_matrix(name, W, H, config, dXXT=None, rtn_note=None):

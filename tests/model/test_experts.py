@@ -27,6 +27,7 @@ from keras_gptq.model import baselines
 from keras_gptq.model import capture
 from keras_gptq.model import expert_walk
 from keras_gptq.model import experts
+from keras_gptq.model import solve
 from keras_gptq.model import structure
 from keras_gptq.storage import packed_experts
 
@@ -296,23 +297,27 @@ def test_presets_reload_in_fresh_process_with_same_logits(
 
 
 def test_starved_experts_fall_back_to_rtn_with_warning_and_report_note(
-        calibration_tokens, monkeypatch):
-    # No expert can reach an impossible token threshold: all fall back.
-    monkeypatch.setattr(experts, "MIN_TOKENS_PER_INPUT", 1e9)
+        calibration_tokens):
+    # 1000 tokens per input (the most allowed): 2048 calibration tokens
+    # are too few for every matrix, experts and attention layers alike.
     model = build_moe("qwen3_moe")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        report = keras_gptq.quantize(model, _config(calibration_tokens),
-                                     verbose=False)
+        report = keras_gptq.quantize(
+            model, _config(calibration_tokens, min_tokens_per_input=1000),
+            verbose=False)
     messages = [str(w.message) for w in caught
                 if "rounded to nearest" in str(w.message)]
-    assert len(messages) == 2 * 2 * 4  # blocks x matrices x experts
-    assert "num_samples" in messages[0]
+    experts_ = [m for m in messages if m.startswith("Expert ")]
+    assert len(experts_) == 2 * 2 * 4  # blocks x matrices x experts
+    assert "num_samples" in experts_[0]
+    assert len(messages) == len(report.layers)
     starved = [e for e in report.layers if "/expert_" in e.name]
     assert len(starved) == 16
     for entry in starved:
         assert entry.note.startswith("rtn: ")
         assert entry.gptq_error == pytest.approx(entry.rtn_error)
+    assert all(e.note.startswith("rtn: ") for e in report.layers)
     assert "rtn: " in str(report)
     assert all(storage.is_packed(m.bank) for m in _moes(model))
 
@@ -320,8 +325,9 @@ def test_starved_experts_fall_back_to_rtn_with_warning_and_report_note(
 def test_token_threshold_is_measured_break_even_with_margin():
     # benchmarks/expert_tokens.py: GPTQ beats RTN held out from ~1.1
     # tokens per input; 1.25 leaves a margin.
-    assert experts.min_tokens(64) == 80
-    assert experts.min_tokens(1) == 2
+    assert keras_gptq.GPTQConfig(dataset=[1, 2]).min_tokens_per_input == 1.25
+    assert solve.min_tokens(64, 1.25) == 80
+    assert solve.min_tokens(1, 1.25) == 2
 
 
 def test_failed_write_leaves_the_model_unchanged(calibration_tokens,

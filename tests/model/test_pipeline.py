@@ -1,6 +1,7 @@
 """Model-level behaviour of `keras_gptq.quantize` on tiny KerasHub models."""
 
 import re
+import warnings
 
 import keras
 import numpy as np
@@ -586,3 +587,50 @@ def test_sink_weight_changes_the_solution_and_still_beats_rtn(
         assert error < rtn_error, (weight, error, rtn_error)
     assert any(not np.array_equal(a, b)
                for a, b in zip(kernels[1.0], kernels[30.0]))
+
+
+def test_layers_with_too_few_tokens_are_rounded_to_nearest(calibration_tokens):
+    # 4 x 24 = 96 tokens: enough for the 64-input layers (1.25 per input:
+    # 80), too few for the 128-input MLP output (160). That layer is
+    # rounded to nearest, with a warning naming it and the fix, and a note.
+    model = build_causal_lm("llama3")
+    with pytest.warns(UserWarning, match="rounded to nearest") as caught:
+        report = keras_gptq.quantize(model, _config(
+            calibration_tokens, num_samples=4, sequence_length=24),
+            verbose=False)
+    starved = [str(w.message) for w in caught
+               if "rounded to nearest" in str(w.message)]
+    assert len(starved) == 2  # one MLP output layer per block
+    assert all("96 calibration tokens" in m and "160" in m
+               and "num_samples" in m for m in starved)
+    for entry in report.layers:
+        if entry.shape[1] == 128:
+            assert entry.note == "rtn: 96 tokens < 160"
+            assert entry.gptq_error == pytest.approx(entry.rtn_error)
+        else:
+            assert entry.note == ""
+            assert entry.gptq_error < entry.rtn_error
+    # The rounded layer holds exactly round-to-nearest's integers.
+    rtn_model = build_causal_lm("llama3")
+    baselines.rtn_packed(rtn_model, 3, 16)
+    for layer, rtn_layer in zip(_targets(model), _targets(rtn_model)):
+        if layer.path.endswith("feedforward_output_dense"):
+            np.testing.assert_array_equal(
+                keras.ops.convert_to_numpy(layer.quantized_kernel),
+                keras.ops.convert_to_numpy(rtn_layer.quantized_kernel))
+
+
+def test_min_tokens_per_input_zero_solves_every_layer(calibration_tokens):
+    model = build_causal_lm("llama3")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        report = keras_gptq.quantize(model, _config(
+            calibration_tokens, num_samples=4, sequence_length=24,
+            min_tokens_per_input=0, add_start_token=False), verbose=False)
+    assert all(entry.note == "" for entry in report.layers)
+
+
+@pytest.mark.parametrize("bad", [-1, 1001, "many", True])
+def test_min_tokens_per_input_is_validated(bad, calibration_tokens):
+    with pytest.raises((TypeError, ValueError), match="min_tokens_per_input"):
+        _config(calibration_tokens, min_tokens_per_input=bad)
