@@ -139,6 +139,13 @@ def add_gptq_arguments(parser, samples=128, switches_on=()):
                              "position (the attention sink) in the "
                              "Hessians; 1 weighs every position alike "
                              f"(default: {SINK_WEIGHT_DEFAULT:g}).")
+    parser.add_argument("--min-tokens-per-input", type=float, default=1.25,
+                        metavar="R",
+                        help="a layer whose Hessian saw fewer calibration "
+                             "tokens than R per input feature is rounded "
+                             "to nearest instead (GPTQ on fewer is worse "
+                             "on new text); 0 solves every layer with GPTQ "
+                             "(default: 1.25).")
     parser.add_argument("--samples", type=int, default=samples, metavar="N",
                         help="number of calibration windows (default: "
                              f"{samples}).")
@@ -155,6 +162,7 @@ def config_from_args(args, dataset, tokenizer):
         num_samples=args.samples, sequence_length=args.seq_len,
         hessian_damping=args.damping, group_size=args.group_size,
         seed=args.seed, sink_weight=args.sink_weight,
+        min_tokens_per_input=args.min_tokens_per_input,
         add_start_token=start_token_setting(args),
         **{name: getattr(args, name) for _, name, _ in _SWITCHES})
 

@@ -28,7 +28,8 @@ FLAGS = {
                  "--asymmetric-calibration",
                  "--symmetric", "--damping", "--samples", "--seq-len",
                  "--dataset", "--backend", "--seed", "--quiet", "--debug",
-                 "--start-token", "--sink-weight", "--low-memory"],
+                 "--start-token", "--sink-weight", "--min-tokens-per-input",
+                 "--low-memory"],
     "eval": ["--dataset", "--seq-len", "--max-tokens", "--backend",
              "--quiet", "--debug", "--start-token"],
     "inspect": ["--backend", "--debug"],
@@ -223,12 +224,14 @@ def test_backend_switch_reexecutes(monkeypatch):
 @pytest.mark.parametrize("flags,expected", [
     ([], dict(static_groups=False, mse=False, true_sequential=False,
               activation_order=False, asymmetric_calibration=False,
-              sink_weight=keras_gptq.config.SINK_WEIGHT_DEFAULT)),
+              sink_weight=keras_gptq.config.SINK_WEIGHT_DEFAULT,
+              min_tokens_per_input=1.25)),
     (["--act-order", "--static-groups", "--mse", "--true-sequential",
-      "--asymmetric-calibration", "--sink-weight", "1"],
+      "--asymmetric-calibration", "--sink-weight", "1",
+      "--min-tokens-per-input", "0"],
      dict(static_groups=True, mse=True, true_sequential=True,
           activation_order=True, asymmetric_calibration=True,
-          sink_weight=1.0)),
+          sink_weight=1.0, min_tokens_per_input=0.0)),
 ])
 def test_quality_flags_reach_the_config(workdir, monkeypatch, flags,
                                         expected):
