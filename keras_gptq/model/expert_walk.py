@@ -17,8 +17,8 @@ routing weight, so `H` weights tokens as the MoE output does. Measured in
 `benchmarks/moe_weighting.py` (see `benchmarks/RESULTS.md`), weighting was
 not better, so it is off. A matrix whose expert gets fewer tokens
 than `GPTQConfig.min_tokens_per_input` (1.25) per input is rounded to
-nearest, with a warning and a report note (`solve.starved_note`). Float values go into the block's `swaps` so the
-pipeline puts them back.
+nearest, with a warning and a report note (`solve.starved_note`). Float
+values go into the block's `swaps` so the pipeline puts them back.
 """
 
 import dataclasses
