@@ -81,6 +81,7 @@ def layer_errors(float_model, quant_model, blocks, tokens, bits=4,
     (RTN on a `bits`-bit, `group_size` grid, the preset's own)."""
     import keras
     from keras_gptq.model import capture
+    from keras_gptq.model import layout as layout_lib
     from keras_gptq.model import structure
     fblocks = structure.sequential_blocks(float_model)
     qblocks = structure.sequential_blocks(quant_model)
@@ -90,7 +91,7 @@ def layer_errors(float_model, quant_model, blocks, tokens, bits=4,
     seen = {}
 
     def keep(layer, x):
-        lay = float_matrix(layer)[0]
+        lay = layout_lib.layer_layout(layer, layer.kernel.shape)
         seen.setdefault(id(layer), []).append(np.asarray(
             keras.ops.convert_to_numpy(lay.inputs_to_rows(x)), np.float64))
 

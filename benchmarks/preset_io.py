@@ -17,35 +17,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
-
-class PeakRss:
-    """Samples this process's RSS every 20 ms; `take()` returns the peak
-    since the last `take()` in MB."""
-
-    def __init__(self):
-        import psutil
-        self._process = psutil.Process()
-        self._peak = 0
-        self._stop = threading.Event()
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self):
-        while not self._stop.is_set():
-            self._peak = max(self._peak, self._process.memory_info().rss)
-            time.sleep(0.02)
-
-    def take(self):
-        """The peak RSS in MB since the previous call."""
-        peak = max(self._peak, self._process.memory_info().rss)
-        self._peak = 0
-        return peak / 2**20
-
-    def stop(self):
-        """Stops sampling."""
-        self._stop.set()
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import _worker  # noqa: E402
 
 
 def measure(preset):
@@ -53,24 +29,29 @@ def measure(preset):
     import keras_hub
 
     import keras_gptq  # noqa: F401  (packed layers load)
-    rss = PeakRss()
     steps = {}
     parent = os.path.dirname(os.path.abspath(preset))
     copy = tempfile.mkdtemp(prefix="preset_io_", dir=parent)
+
+    def timed(name, step):
+        sampler = _worker.PeakSampler()
+        sampler.start()
+        start = time.perf_counter()
+        try:
+            return step()
+        finally:
+            steps[name] = (time.perf_counter() - start,
+                           sampler.stop() / 2**20)
+
     try:
-        rss.take()
-        start = time.perf_counter()
-        model = keras_hub.models.CausalLM.from_preset(preset)
-        steps["load"] = (time.perf_counter() - start, rss.take())
-        start = time.perf_counter()
-        model.save_to_preset(os.path.join(copy, "preset"))
-        steps["save"] = (time.perf_counter() - start, rss.take())
+        model = timed("load", lambda: keras_hub.models.CausalLM.from_preset(
+            preset))
+        timed("save", lambda: model.save_to_preset(
+            os.path.join(copy, "preset")))
         del model
-        start = time.perf_counter()
-        keras_hub.models.CausalLM.from_preset(os.path.join(copy, "preset"))
-        steps["reload"] = (time.perf_counter() - start, rss.take())
+        timed("reload", lambda: keras_hub.models.CausalLM.from_preset(
+            os.path.join(copy, "preset")))
     finally:
-        rss.stop()
         shutil.rmtree(copy, ignore_errors=True)
     return steps
 
